@@ -1,0 +1,38 @@
+# The two commands README promises: `make run` (the main job) and `make test` (the suite).
+# Both install into .venv first; torch is pinned to the CPU wheel before the project so the
+# project's torch range is already met and no CUDA build is pulled.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test test-all lint format benchmark
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/tailor run
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+test-all: lint
+	$(PY) -m pytest -m ""
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+benchmark: install
+	$(PY) benchmarks/pipeline.py

@@ -1,0 +1,127 @@
+"""Training: clean -> embed -> fine-tune -> index -> evaluate -> register (with the gate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from flows.common import resolve_settings, tracked_run
+from tailor.settings import Settings
+from tailor.tracking import log_artifact, log_metrics, log_params
+from tasks.data import clean_data
+from tasks.embed import embed_item_texts
+from tasks.evaluate import evaluate
+from tasks.register import register_model
+from tasks.train import build_index, fine_tune_model
+
+
+class TrainResult(BaseModel):
+    run_id: str
+    out_dir: Path
+    model_version: str
+    promoted: bool
+    gate_reason: str
+    metrics: dict[str, dict[str, float]]
+    n_embedded: int
+    n_reused: int
+
+
+@flow(name="train", log_prints=True)
+def train(
+    settings: Settings | None = None, preset: str | None = None, config: str | None = None
+) -> TrainResult:
+    """Train, evaluate against baselines, and register a new model version."""
+    settings = resolve_settings(settings, preset, config)
+    with tracked_run(settings, settings.tracking.experiment, "train") as (client, run_id):
+        out_dir = settings.runs_dir / run_id
+        log_params(client, run_id, settings.flat())
+
+        prepared = clean_data(settings, out_dir / "data")
+        _log_cleaning(client, run_id, prepared)
+
+        state = embed_item_texts(prepared.items, settings, return_state=True)
+        embedded = state.result()
+        # A cache hit means the encoder did not run at all in this flow run.
+        cached = state.name == "Cached"
+        n_embedded = 0 if cached else embedded.n_embedded
+        n_reused = prepared.n_items if cached else embedded.n_reused
+        log_metrics(client, run_id, {"items_embedded": n_embedded, "items_reused": n_reused})
+
+        tuned = fine_tune_model(prepared, embedded.vectors, settings, out_dir)
+        for epoch, loss in enumerate(tuned.losses, start=1):
+            log_metrics(client, run_id, {"train_loss": loss}, step=epoch)
+        for epoch, score in enumerate(tuned.valid_scores, start=1):
+            log_metrics(client, run_id, {"epoch_valid_ndcg_at_10": score}, step=epoch)
+        log_metrics(client, run_id, {"best_epoch": tuned.best_epoch, "fit_seconds": tuned.seconds})
+
+        index_path = build_index(tuned.model_dir, embedded.vectors, settings, out_dir)
+        evaluation = evaluate(prepared, embedded.vectors, tuned.model_dir, settings, out_dir)
+        primary = evaluation.metrics[evaluation.primary]
+        log_metrics(client, run_id, primary)
+        for name, values in evaluation.metrics.items():
+            if name != evaluation.primary:
+                log_metrics(client, run_id, values, prefix=f"{name}.")
+        for path in (evaluation.table, evaluation.plot, evaluation.sample):
+            log_artifact(client, run_id, path, "evaluation")
+
+        gate_value = primary.get(settings.eval.gate_metric, float("nan"))
+        decision = register_model(
+            prepared,
+            embedded.vectors,
+            tuned.model_dir,
+            index_path,
+            settings,
+            out_dir,
+            run_id,
+            gate_value,
+        )
+        client.set_tag(run_id, "model_version", decision.version)
+        client.set_tag(run_id, "promoted", str(decision.promoted))
+        client.set_tag(run_id, "gate", decision.reason)
+
+        create_markdown_artifact(
+            key="train-summary",
+            markdown=_summary_markdown(settings, run_id, decision, evaluation.table.read_text()),
+            description="Metrics of this training run against the baselines",
+        )
+        return TrainResult(
+            run_id=run_id,
+            out_dir=out_dir,
+            model_version=decision.version,
+            promoted=decision.promoted,
+            gate_reason=decision.reason,
+            metrics=evaluation.metrics,
+            n_embedded=n_embedded,
+            n_reused=n_reused,
+        )
+
+
+def _log_cleaning(client, run_id: str, prepared) -> None:
+    metrics = {
+        "n_users": prepared.n_users,
+        "n_items": prepared.n_items,
+        "n_interactions": prepared.n_interactions,
+    }
+    for source, report in prepared.report.items():
+        for reason, count in (report.get("rejected") or {}).items():
+            metrics[f"quarantined.{source}.{reason.replace(' ', '_')}"] = count
+    log_metrics(client, run_id, metrics)
+    folder = Path(prepared.quarantine).parent
+    log_artifact(client, run_id, folder / "cleaning_report.json", "cleaning")
+    log_artifact(client, run_id, prepared.quarantine, "cleaning")
+
+
+def _summary_markdown(settings: Settings, run_id: str, decision, table: str) -> str:
+    verdict = "promoted to `champion`" if decision.promoted else "not promoted"
+    return (
+        f"# tailor training run `{run_id}`\n\n"
+        f"Model `{settings.tracking.model_name}` version **{decision.version}**: {verdict} "
+        f"({decision.reason}).\n\n{table}\n"
+    )
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,1 @@
+"""tailor: recommendations that reach the long tail (library; Prefect-free)."""

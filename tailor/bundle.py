@@ -1,0 +1,116 @@
+"""The bundle: everything needed to recommend, in one folder, registered in MLflow as one model.
+
+items.parquet       item id, label, text, train popularity (row = item position)
+text_vectors.npy    frozen language-model vectors (for reasons and text-only users)
+item_vectors.npy    the fine-tuned model's item vectors (what the index holds)
+index.faiss         faiss inner-product index over item_vectors
+model/              fine-tuned weights and their config
+settings.json       the run's resolved settings
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tailor import columns as C
+from tailor.index import load_index, save_index, search_index
+from tailor.model import SeqRecommender
+
+POPULARITY = "popularity"
+
+
+def write_bundle(
+    folder: Path,
+    items: pl.DataFrame,
+    popularity: np.ndarray,
+    text_vectors: np.ndarray,
+    model: SeqRecommender,
+    index,
+    settings_json: str,
+) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = items.select(C.ITEM_ID, C.LABEL, C.TEXT).with_columns(
+        pl.Series(POPULARITY, np.asarray(popularity, dtype=np.int64))
+    )
+    table.write_parquet(folder / "items.parquet")
+    np.save(folder / "text_vectors.npy", np.asarray(text_vectors, dtype=np.float32))
+    np.save(folder / "item_vectors.npy", model.item_vectors())
+    save_index(index, folder / "index.faiss")
+    model.save(folder / "model")
+    (folder / "settings.json").write_text(settings_json)
+    return folder
+
+
+@dataclass
+class Recommendations:
+    items: np.ndarray  # (n_users, k) item positions, -1 where fewer than k were found
+    scores: np.ndarray  # (n_users, k) float32
+
+
+class Bundle:
+    """A loaded bundle: maps ids, encodes users, searches the index, explains results."""
+
+    def __init__(self, folder: Path, device: str = "cpu") -> None:
+        self.folder = Path(folder)
+        for name in ("items.parquet", "text_vectors.npy", "item_vectors.npy", "index.faiss"):
+            if not (self.folder / name).exists():
+                raise FileNotFoundError(f"model bundle {self.folder} has no {name}")
+        self.items = pl.read_parquet(self.folder / "items.parquet")
+        self.text_vectors = np.load(self.folder / "text_vectors.npy")
+        self.item_vectors = np.load(self.folder / "item_vectors.npy")
+        self.index = load_index(self.folder / "index.faiss")
+        self.model = SeqRecommender.load(self.folder / "model", self.text_vectors, device=device)
+        self.item_ids: list[str] = self.items[C.ITEM_ID].to_list()
+        self.labels: list[str] = self.items[C.LABEL].to_list()
+        self.position = {item: pos for pos, item in enumerate(self.item_ids)}
+        self.settings = json.loads((self.folder / "settings.json").read_text())
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def positions(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Known items' positions, in order; unknown ids are skipped."""
+        return np.array([self.position[i] for i in item_ids if i in self.position], dtype=np.int64)
+
+    def recommend(
+        self, histories: Sequence[np.ndarray], k: int, exclude_history: bool = True
+    ) -> Recommendations:
+        """Top-k through the index; seen items are removed after the search."""
+        users = self.model.user_vectors(histories)
+        out_items = np.full((len(histories), k), -1, dtype=np.int64)
+        out_scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        longest = max((len(h) for h in histories), default=0) if exclude_history else 0
+        # Over-fetch by the longest history in the batch so filtering still leaves k items.
+        fetch = min(self.n_items, k + longest)
+        scores, found = search_index(self.index, users, fetch)
+        for row, hist in enumerate(histories):
+            seen = set(np.asarray(hist).tolist()) if exclude_history else set()
+            keep = [(i, s) for i, s in zip(found[row], scores[row], strict=True) if i >= 0]
+            keep = [(i, s) for i, s in keep if i not in seen][:k]
+            for col, (item, score) in enumerate(keep):
+                out_items[row, col] = item
+                out_scores[row, col] = score
+        return Recommendations(out_items, out_scores)
+
+    def explain(self, history: np.ndarray, recommended: np.ndarray) -> list[str]:
+        """For each recommended item, the history item whose text it reads most like."""
+        history = np.asarray(history, dtype=np.int64)[-self.model.config.max_len :]
+        reasons = []
+        if len(history) == 0:
+            return ["popular with everyone" for _ in recommended]
+        sims = self.text_vectors[recommended.clip(min=0)] @ self.text_vectors[history].T
+        for row, item in enumerate(recommended):
+            if item < 0:
+                reasons.append("")
+                continue
+            closest = int(history[int(np.argmax(sims[row]))])
+            reasons.append(f"because you liked {self.labels[closest]}")
+        return reasons

@@ -1,0 +1,169 @@
+"""`tailor` command line: run the pipeline, refresh, and read recommendations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _settings(args: argparse.Namespace):
+    from tailor.settings import load_settings
+
+    overrides = {}
+    if getattr(args, "workdir", None):
+        overrides["workdir"] = Path(args.workdir)
+    return load_settings(
+        Path(args.config) if args.config else None, preset=args.preset, **overrides
+    )
+
+
+def _prepare(args: argparse.Namespace):
+    from tailor.env import configure_environment
+
+    settings = _settings(args)
+    configure_environment(settings.workdir)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _prepare(args)
+    from flows.pipeline import train_and_refresh
+
+    result = train_and_refresh(settings=settings)
+    _print_train(result.train, settings)
+    _print_refresh(result.refresh)
+    _print_where(settings)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    settings = _prepare(args)
+    from flows.train import train
+
+    _print_train(train(settings=settings), settings)
+    _print_where(settings)
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    settings = _prepare(args)
+    from flows.refresh import nightly_refresh
+
+    _print_refresh(nightly_refresh(settings=settings, model_version=args.model_version))
+    _print_where(settings)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from tailor.store import RecommendationStore
+
+    store = RecommendationStore(settings.store_url)
+    try:
+        current = store.current()
+        if current is None:
+            print("no recommendations published yet: run `tailor run` first", file=sys.stderr)
+            return 1
+        recs = store.read(args.user_id, limit=args.k)
+    finally:
+        store.dispose()
+    if recs.height == 0:
+        print(
+            f"user {args.user_id!r} has no recommendations in the published batch", file=sys.stderr
+        )
+        return 1
+    print(
+        f"recommendations for user {args.user_id} "
+        f"(model version {current.model_version}, "
+        f"published {current.created_at:%Y-%m-%d %H:%M} UTC)"
+    )
+    for row in recs.iter_rows(named=True):
+        print(f"{row['rank']:>3}. {row['label']}  [{row['score']:.3f}]  {row['reason']}")
+    return 0
+
+
+def cmd_where(args: argparse.Namespace) -> int:
+    _print_where(_settings(args))
+    return 0
+
+
+def _print_train(result, settings) -> None:
+    print("\n== training run", result.run_id)
+    print(f"   items embedded {result.n_embedded}, reused from cache {result.n_reused}")
+    print(
+        f"   model version {result.model_version}: "
+        f"{'promoted to champion' if result.promoted else 'not promoted'} ({result.gate_reason})"
+    )
+    names = list(result.metrics)
+    keys = ["test_ndcg_at_10", "test_recall_at_20", "test_coverage_at_20", "test_aplt_at_20"]
+    print(f"   {'model':<14}" + "".join(f"{k:>22}" for k in keys))
+    for name in names:
+        values = result.metrics[name]
+        print(f"   {name:<14}" + "".join(f"{values.get(k, float('nan')):>22.4f}" for k in keys))
+    print(f"   outputs: {result.out_dir}")
+
+
+def _print_refresh(result) -> None:
+    print("\n== nightly refresh", result.run_id)
+    print(
+        f"   published {result.n_rows} recommendations for {result.n_users} users "
+        f"from model version {result.model_version} (coverage {result.coverage:.3f}, "
+        f"tail share {result.tail_share:.3f})"
+    )
+
+
+def _print_where(settings) -> None:
+    import os
+
+    workdir = settings.workdir.resolve()
+    prefect_home = os.environ.get("PREFECT_HOME", str(workdir / "prefect"))
+    print("\n== where things are")
+    print(f"   run outputs     {settings.runs_dir}")
+    print(f"   MLflow store    {settings.tracking_uri}")
+    print(f"   recommendations {settings.store_url}")
+    print("   read one user:  tailor recommend 42")
+    print(
+        "   MLflow UI:      MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 "
+        f"--backend-store-uri {settings.tracking_uri} --port 5000   -> http://127.0.0.1:5000"
+    )
+    print(
+        f"   Prefect UI:     PREFECT_HOME={prefect_home} prefect server start"
+        "   -> http://127.0.0.1:4200"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailor", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML settings file (see README)")
+    common.add_argument("--preset", help="named preset: laptop (default), tiny, gpu")
+    common.add_argument("--workdir", help="where outputs go (default .tailor)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser(
+        "run", parents=[common], help="train, evaluate, register, then refresh"
+    ).set_defaults(func=cmd_run)
+    sub.add_parser(
+        "train", parents=[common], help="train, evaluate and register only"
+    ).set_defaults(func=cmd_train)
+    refresh = sub.add_parser("refresh", parents=[common], help="recompute every user's list")
+    refresh.add_argument("--model-version", help="registered version (default: champion)")
+    refresh.set_defaults(func=cmd_refresh)
+    rec = sub.add_parser("recommend", parents=[common], help="one user's stored recommendations")
+    rec.add_argument("user_id")
+    rec.add_argument("-k", type=int, default=None, help="how many (default: all stored)")
+    rec.set_defaults(func=cmd_recommend)
+    sub.add_parser("where", parents=[common], help="print where outputs and UIs are").set_defaults(
+        func=cmd_where
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

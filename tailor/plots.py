@@ -1,0 +1,86 @@
+"""Figures for run reports. matplotlib is imported inside the functions, never at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tailor.evaluate import head_mask
+
+
+def plot_long_tail(
+    popularity: np.ndarray,
+    exposures: dict[str, np.ndarray],
+    path: Path,
+    head_share: float = 0.2,
+    title: str = "Train popularity and recommendation exposure",
+) -> Path:
+    """Draw the long tail of train popularity with each model's exposure over it; save a PNG.
+
+    x is the item's rank by train popularity (most popular first, ties to the lower index);
+    the left log axis is train interactions, the right log axis is each model's share of all
+    its list slots that went to the item. A dashed line marks the head/tail border (`head_mask`)
+    and the legend gives the share of exposure each model spends on tail items.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    popularity = np.asarray(popularity)
+    n_items = len(popularity)
+    for name, counts in exposures.items():
+        if len(counts) != n_items:
+            raise ValueError(f"exposure of {name!r} covers {len(counts)} items, not {n_items}")
+    order = np.argsort(-popularity, kind="stable")
+    tail = ~head_mask(popularity, head_share)
+    n_head = int((~tail).sum())
+    ranks = np.arange(1, n_items + 1)
+
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # Log axes cannot show zero; items never seen in train or never listed are simply absent.
+    train = popularity[order].astype(np.float64)
+    train_tail = train[tail[order]].sum() / train.sum() if train.sum() > 0 else 0.0
+    ax.fill_between(
+        ranks,
+        np.where(train > 0, train, np.nan),
+        color="0.8",
+        step="mid",
+        label=f"train interactions ({train_tail:.1%} in tail)",
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("item rank by train popularity")
+    ax.set_ylabel("train interactions")
+    ax.set_xlim(0.5, n_items + 0.5)
+    ax.axvline(
+        n_head + 0.5, color="black", linestyle="--", linewidth=1, label=f"head | tail ({n_head})"
+    )
+
+    share_ax = ax.twinx()
+    share_ax.set_yscale("log")
+    share_ax.set_ylabel("share of list slots")
+    # One legend for both axes, so every curve is named in the same box.
+    handles = list(ax.get_legend_handles_labels()[0])
+    for name, counts in exposures.items():
+        counts = np.asarray(counts, dtype=np.float64)[order]
+        total = counts.sum()
+        share = counts / total if total > 0 else counts
+        tail_share = counts[tail[order]].sum() / total if total > 0 else 0.0
+        (line,) = share_ax.plot(
+            ranks,
+            np.where(share > 0, share, np.nan),
+            marker=".",
+            markersize=3,
+            linestyle="none",
+            alpha=0.7,
+            label=f"{name} ({tail_share:.1%} of exposure in tail)",
+        )
+        handles.append(line)
+    ax.legend(handles=handles, loc="upper right", fontsize="small", markerscale=3)
+    ax.set_title(title)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")
+    return path

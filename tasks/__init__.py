@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `tailor.pipeline`, adding retries, caching and logs."""

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tailor.pipeline import PreparedData, prepare_data
+from tailor.settings import Settings
+from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+
+
+@task(
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def clean_data(settings: Settings, out_dir: Path) -> PreparedData:
+    """Load, clean (rejects to quarantine) and split the configured data."""
+    prepared = prepare_data(settings, out_dir)
+    logger = get_run_logger()
+    for source, report in prepared.report.items():
+        logger.info(
+            "%s: %s rows in, %s kept, rejected %s",
+            source,
+            report.get("rows_in"),
+            report.get("rows_out"),
+            report.get("rejected") or "none",
+        )
+    return prepared

@@ -1,0 +1,41 @@
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
+
+from tailor.pipeline import EmbeddedItems, embed_items, item_texts_key
+from tailor.settings import Settings
+from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+
+
+def _embedding_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Same texts and encoder settings -> same vectors, across runs.
+
+    The result points at a content-addressed .npy in the workdir cache; when that file is gone
+    the key is withheld so the task runs again instead of returning a dangling path.
+    """
+    settings: Settings = parameters["settings"]
+    key = item_texts_key(Path(parameters["items_path"]), settings)
+    if not (settings.cache_dir / "item_vectors" / f"{key}.npy").is_file():
+        return None
+    return f"embed-{key}"
+
+
+@task(
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAYS,
+    retry_condition_fn=retry_unless_bad_input,
+    cache_key_fn=_embedding_cache_key,
+    persist_result=True,
+)
+def embed_item_texts(items_path: Path, settings: Settings) -> EmbeddedItems:
+    """Language-model vectors for every item; only new or changed texts reach the encoder."""
+    result = embed_items(items_path, settings)
+    get_run_logger().info(
+        "embedded %d item texts, reused %d from cache (%s)",
+        result.n_embedded,
+        result.n_reused,
+        result.model_id,
+    )
+    return result

