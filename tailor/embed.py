@@ -44,6 +44,32 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def encoder_id(settings: EmbedSettings) -> str:
+    """Cache key of an encoder: precision and truncation change the vectors too."""
+    return f"{settings.model}|{settings.dtype}|len{settings.max_length}"
+
+
+class LazyEncoder:
+    """Loads the transformer on first use, so a fully cached run never pays for it."""
+
+    def __init__(self, settings: EmbedSettings) -> None:
+        self.settings = settings
+        self.model_id = encoder_id(settings)
+        self._inner: TransformerEncoder | None = None
+
+    @property
+    def dim(self) -> int:
+        return self._load().dim
+
+    def _load(self) -> TransformerEncoder:
+        if self._inner is None:
+            self._inner = TransformerEncoder(self.settings)
+        return self._inner
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        return self._load().encode(texts, progress=progress)
+
+
 def pick_device(device: str) -> str:
     import torch
 
@@ -70,8 +96,7 @@ class TransformerEncoder:
             model = model.to(torch.bfloat16)
         self.model = model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
-        # The precision and truncation change the vectors, so they are part of the cache key.
-        self.model_id = f"{self.settings.model}|{self.settings.dtype}|len{self.settings.max_length}"
+        self.model_id = encoder_id(self.settings)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         import torch

@@ -175,6 +175,22 @@ class SeqRecommender:
 
         With `valid_fn` (higher is better) the weights of the best epoch are kept.
         """
+        # Multithreaded scatter-adds (the backward of the item gather) sum in a varying order;
+        # deterministic kernels make two runs with one seed give identical metrics.
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit(histories, seed, valid_fn, progress)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    def _fit(
+        self,
+        histories: Sequence[np.ndarray],
+        seed: int,
+        valid_fn: Callable[[SeqRecommender], float] | None,
+        progress: bool,
+    ) -> FitReport:
         import time
 
         started = time.perf_counter()

@@ -141,9 +141,9 @@ def embed_items(items_path: Path, settings: Settings, progress: bool = True) -> 
         _save_npy(out, matrix)
         return EmbeddedItems(out, 0, 0, f"file:{settings.data.item_vectors_path}")
 
-    from tailor.embed import EmbeddingCache, TransformerEncoder, embed_texts
+    from tailor.embed import EmbeddingCache, LazyEncoder, embed_texts
 
-    encoder = TransformerEncoder(settings.embed)
+    encoder = LazyEncoder(settings.embed)
     cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder.model_id)
     result = embed_texts(items[C.TEXT].to_list(), encoder, cache, progress=progress)
     _save_npy(out, result.vectors)

@@ -66,3 +66,20 @@ def test_cache_is_keyed_by_model(tmp_path):
     a.put(["k"], np.ones((1, 3), dtype=np.float32))
     assert EmbeddingCache(tmp_path, "model-b").get(["k"]) == {}
     assert list(EmbeddingCache(tmp_path, "model-a").get(["k"])) == ["k"]
+
+
+def test_warm_cache_never_loads_the_model(settings, tmp_path, monkeypatch):
+    import tailor.embed
+    from tailor.pipeline import embed_items, prepare_data
+
+    prepared = prepare_data(settings, tmp_path / "data")
+    cold = embed_items(prepared.items, settings, progress=False)
+    assert cold.n_embedded > 0
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the encoder was loaded although every text was cached")
+
+    monkeypatch.setattr(tailor.embed, "TransformerEncoder", no_model)
+    warm = embed_items(prepared.items, settings, progress=False)
+    assert (warm.n_embedded, warm.n_reused) == (0, cold.n_embedded)
+    np.testing.assert_array_equal(np.load(warm.vectors), np.load(cold.vectors))

@@ -51,8 +51,9 @@ def test_model_learns_what_popularity_cannot(rng):
 
 
 def test_same_seed_same_scores(rng):
-    histories, text = cyclic_task(rng, n_users=20)
-    settings = TrainSettings(epochs=2, dim=16, layers=1, max_len=6)
+    # Big enough that multithreaded scatter-adds would reorder sums without deterministic kernels.
+    histories, text = cyclic_task(rng, n_items=300, n_users=400, length=40)
+    settings = TrainSettings(epochs=2, dim=32, layers=1, max_len=20)
     a, b = SeqRecommender(text, settings, seed=3), SeqRecommender(text, settings, seed=3)
     a.fit(histories, seed=3)
     b.fit(histories, seed=3)

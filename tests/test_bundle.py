@@ -1,0 +1,99 @@
+"""Bundle, refresh and registry on a trained tiny model (no Prefect needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tailor import columns as C
+from tailor.bundle import Bundle
+from tailor.pipeline import (
+    assemble_bundle,
+    build_histories,
+    build_item_index,
+    embed_items,
+    fine_tune,
+    prepare_data,
+)
+from tailor.refresh import POPULAR_REASON, compute_recommendations, summarize_recommendations
+from tailor.registry import load_bundle, register_bundle
+from tailor.tracking import client_for, ensure_experiment, start_or_resume_run
+
+
+@pytest.fixture
+def trained(settings, tmp_path):
+    prepared = prepare_data(settings, tmp_path / "data")
+    embedded = embed_items(prepared.items, settings, progress=False)
+    tuned = fine_tune(prepared, embedded.vectors, settings, tmp_path, progress=False)
+    index = build_item_index(tuned.model_dir, embedded.vectors, settings, tmp_path)
+    folder = assemble_bundle(prepared, embedded.vectors, tuned.model_dir, index, settings, tmp_path)
+    return prepared, folder
+
+
+def test_recommendations_exclude_seen_items_and_explain_themselves(trained):
+    prepared, folder = trained
+    bundle = Bundle(folder)
+    interactions = pl.read_parquet(prepared.interactions)
+    recs = compute_recommendations(bundle, interactions, k=5, extra_users=["newcomer"])
+    seen = set(zip(interactions[C.USER_ID], interactions[C.ITEM_ID], strict=True))
+    pairs = set(zip(recs[C.USER_ID], recs[C.ITEM_ID], strict=True))
+    assert not pairs & seen
+    assert recs.group_by(C.USER_ID).len()["len"].to_list() == [5] * recs[C.USER_ID].n_unique()
+    newcomer = recs.filter(pl.col(C.USER_ID) == "newcomer")
+    assert newcomer[C.REASON_TEXT].to_list() == [POPULAR_REASON] * 5
+    # The most popular train item comes first for a user with no history.
+    assert newcomer[C.ITEM_ID][0] == bundle.item_ids[int(np.argmax(bundle.items["popularity"]))]
+    regular = recs.filter(pl.col(C.USER_ID) != "newcomer")
+    labels = set(bundle.labels)
+    for reason in regular[C.REASON_TEXT].head(20).to_list():
+        assert (
+            reason.startswith("because you liked ")
+            and reason.removeprefix("because you liked ") in labels
+        )
+
+
+def test_index_search_matches_exact_scoring(trained):
+    prepared, folder = trained
+    bundle = Bundle(folder)
+    hist = build_histories(prepared)
+    histories = hist.train[:10]
+    via_index = bundle.recommend(histories, k=5).items
+    scores = bundle.model.score(histories)
+    for row, h in enumerate(histories):
+        scores[row, h] = -np.inf
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert (via_index == exact).mean() > 0.95  # ties may swap neighbours
+
+
+def test_summary_and_plot(trained, tmp_path):
+    prepared, folder = trained
+    bundle = Bundle(folder)
+    recs = compute_recommendations(bundle, pl.read_parquet(prepared.interactions), k=5)
+    summary = summarize_recommendations(recs, bundle, 0.2, tmp_path / "out")
+    assert 0 < summary["coverage"] <= 1 and 0 <= summary["tail_share"] <= 1
+    assert summary["rows"] == recs.height
+    assert (tmp_path / "out" / "long_tail.png").stat().st_size > 1000
+
+
+def test_registered_bundle_round_trips_and_gate_keeps_better_champion(trained, settings):
+    _, folder = trained
+    client = client_for(settings.tracking_uri)
+    experiment = ensure_experiment(client, "t", settings.artifact_root)
+    name, alias, metric = "m", "champion", "valid_ndcg_at_10"
+
+    def register(value):
+        run = start_or_resume_run(client, experiment, None, "r")
+        return register_bundle(client, run, folder, name, alias, metric, value)
+
+    first = register(0.20)
+    worse = register(0.10)
+    assert first.promoted and not worse.promoted
+    assert worse.champion_version == first.version and worse.champion_value == 0.20
+    assert str(client.get_model_version_by_alias(name, alias).version) == first.version
+    better = register(0.30)
+    assert better.promoted
+    assert str(client.get_model_version_by_alias(name, alias).version) == better.version
+
+    loaded = load_bundle(settings.tracking_uri, name, first.version)
+    assert loaded.item_ids == Bundle(folder).item_ids
