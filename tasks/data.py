@@ -1,19 +1,13 @@
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tailor.pipeline import PreparedData, prepare_data
 from tailor.settings import Settings
-from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+from tasks.common import stage_task
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@stage_task()
 def clean_data(settings: Settings, out_dir: Path) -> PreparedData:
     """Load, clean (rejects to quarantine) and split the configured data."""
     prepared = prepare_data(settings, out_dir)

@@ -1,12 +1,12 @@
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
 from tailor.pipeline import EmbeddedItems, embed_items, item_texts_key
 from tailor.settings import Settings
-from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+from tasks.common import stage_task
 
 
 def _embedding_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -22,13 +22,7 @@ def _embedding_cache_key(context: TaskRunContext, parameters: dict[str, Any]) ->
     return f"embed-{key}"
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_key_fn=_embedding_cache_key,
-    persist_result=True,
-)
+@stage_task(cache_key_fn=_embedding_cache_key, persist_result=True)
 def embed_item_texts(items_path: Path, settings: Settings) -> EmbeddedItems:
     """Language-model vectors for every item; only new or changed texts reach the encoder."""
     result = embed_items(items_path, settings)

@@ -1,19 +1,13 @@
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tailor.pipeline import Evaluation, PreparedData, evaluate_models
 from tailor.settings import Settings
-from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+from tasks.common import stage_task
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@stage_task()
 def evaluate(
     prepared: PreparedData, vectors_path: Path, model_dir: Path, settings: Settings, out_dir: Path
 ) -> Evaluation:

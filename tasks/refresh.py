@@ -2,15 +2,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tailor.pipeline import PreparedData
 from tailor.refresh import compute_recommendations, summarize_recommendations
 from tailor.registry import load_bundle
 from tailor.settings import Settings
 from tailor.store import BatchInfo, RecommendationStore
-from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+from tasks.common import stage_task
 
 
 @dataclass(frozen=True)
@@ -20,12 +19,7 @@ class RefreshOutcome:
     out_dir: Path  # long-tail plot and a sample of the published lists
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@stage_task()
 def refresh_recommendations(
     prepared: PreparedData, settings: Settings, model_version: str, out_dir: Path
 ) -> RefreshOutcome:

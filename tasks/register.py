@@ -1,21 +1,15 @@
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tailor.pipeline import PreparedData, assemble_bundle
 from tailor.registry import GateDecision, register_bundle
 from tailor.settings import Settings
 from tailor.tracking import client_for
-from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+from tasks.common import stage_task
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@stage_task()
 def register_model(
     prepared: PreparedData,
     vectors_path: Path,

@@ -1,19 +1,13 @@
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tailor.pipeline import FineTuned, PreparedData, build_item_index, fine_tune
 from tailor.settings import Settings
-from tasks.common import RETRIES, RETRY_DELAYS, retry_unless_bad_input
+from tasks.common import stage_task
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@stage_task()
 def fine_tune_model(
     prepared: PreparedData, vectors_path: Path, settings: Settings, out_dir: Path
 ) -> FineTuned:
@@ -29,12 +23,7 @@ def fine_tune_model(
     return result
 
 
-@task(
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAYS,
-    retry_condition_fn=retry_unless_bad_input,
-    cache_policy=NO_CACHE,
-)
+@stage_task()
 def build_index(model_dir: Path, vectors_path: Path, settings: Settings, out_dir: Path) -> Path:
     """faiss index over the fine-tuned item vectors."""
     path = build_item_index(model_dir, vectors_path, settings, out_dir)
