@@ -37,3 +37,47 @@ def tracked_run(settings: Settings, experiment: str, run_name: str) -> Iterator[
         finish_run(client, run_id, ok=False)
         raise
     finish_run(client, run_id, ok=True)
+
+
+def log_baseline_runs(client, parent_run_id: str, evaluation, settings: Settings) -> None:
+    """Each baseline as a child run (chosen parameters + metrics), its tuning trials beneath it.
+
+    Child runs share the parent's experiment, so the MLflow UI compares the fine-tuned model
+    and every baseline side by side.
+    """
+    from tailor.tracking import log_metrics, log_params
+
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    existing = {
+        r.data.tags.get("tailor.model"): r.info.run_id
+        for r in client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        )
+    }
+    for name, metrics in evaluation.metrics.items():
+        if name == evaluation.primary or name in existing:
+            continue  # a retried flow run keeps the child runs it already made
+        child = client.create_run(
+            experiment_id,
+            run_name=name,
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "tailor.model": name,
+                "tailor.flow": "baseline",
+            },
+        ).info.run_id
+        log_params(
+            client, child, {f"{name}.{k}": v for k, v in evaluation.params.get(name, {}).items()}
+        )
+        log_metrics(client, child, metrics)
+        for number, trial in enumerate(t for t in evaluation.trials if t.model == name):
+            grandchild = client.create_run(
+                experiment_id,
+                run_name=f"{name}-trial-{number}",
+                tags={"mlflow.parentRunId": child, "tailor.model": name, "tailor.flow": "trial"},
+            ).info.run_id
+            log_params(client, grandchild, trial.params)
+            log_metrics(client, grandchild, {"valid_ndcg_at_10": trial.valid_ndcg_at_10})
+            client.set_terminated(grandchild)
+        client.set_terminated(child)

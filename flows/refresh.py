@@ -43,7 +43,8 @@ def nightly_refresh(
         out_dir = settings.runs_dir / run_id
         log_params(client, run_id, {**settings.flat(), "model_version": version})
 
-        prepared = clean_data(settings, out_dir / "data")
+        # Serving uses every event: no items are held out for measurement here.
+        prepared = clean_data(settings, out_dir / "data", hold_out_cold=False)
         outcome = refresh_recommendations(prepared, settings, version, out_dir / "refresh")
 
         log_metrics(client, run_id, outcome.summary, prefix="published_")

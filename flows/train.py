@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.common import resolve_settings, tracked_run
+from flows.common import log_baseline_runs, resolve_settings, tracked_run
 from tailor.settings import Settings
 from tailor.tracking import log_artifact, log_metrics, log_params
 from tasks.data import clean_data
@@ -25,6 +25,7 @@ class TrainResult(BaseModel):
     promoted: bool
     gate_reason: str
     metrics: dict[str, dict[str, float]]
+    significance: dict[str, dict[str, float | str]]
     n_embedded: int
     n_reused: int
 
@@ -58,13 +59,23 @@ def train(
         log_metrics(client, run_id, {"best_epoch": tuned.best_epoch, "fit_seconds": tuned.seconds})
 
         index_path = build_index(tuned.model_dir, embedded.vectors, settings, out_dir)
-        evaluation = evaluate(prepared, embedded.vectors, tuned.model_dir, settings, out_dir)
+        evaluation = evaluate(prepared, embedded.vectors, tuned, settings, out_dir)
         primary = evaluation.metrics[evaluation.primary]
         log_metrics(client, run_id, primary)
         for name, values in evaluation.metrics.items():
             if name != evaluation.primary:
                 log_metrics(client, run_id, values, prefix=f"{name}.")
-        for path in (evaluation.table, evaluation.plot, evaluation.sample):
+        log_baseline_runs(client, run_id, evaluation, settings)
+        for claim, sig in evaluation.significance.items():
+            log_metrics(
+                client,
+                run_id,
+                {f"{claim}.{key}": sig[key] for key in ("ratio", "gain", "low", "high")},
+                prefix="vs_baseline.",
+            )
+        for step, row in enumerate(evaluation.sweep):
+            log_metrics(client, run_id, row, step=step, prefix="rerank_sweep.")
+        for path in (evaluation.table, evaluation.plot, evaluation.tradeoff, evaluation.sample):
             log_artifact(client, run_id, path, "evaluation")
 
         gate_value = primary.get(settings.eval.gate_metric, float("nan"))
@@ -94,6 +105,7 @@ def train(
             promoted=decision.promoted,
             gate_reason=decision.reason,
             metrics=evaluation.metrics,
+            significance=evaluation.significance,
             n_embedded=n_embedded,
             n_reused=n_reused,
         )

@@ -81,24 +81,49 @@ class Bundle:
         return np.array([self.position[i] for i in item_ids if i in self.position], dtype=np.int64)
 
     def recommend(
-        self, histories: Sequence[np.ndarray], k: int, exclude_history: bool = True
+        self,
+        histories: Sequence[np.ndarray],
+        k: int,
+        exclude_history: bool = True,
+        strength: float = 0.0,
+        candidates: int = 200,
+        head_share: float = 0.2,
     ) -> Recommendations:
-        """Top-k through the index; seen items are removed after the search."""
+        """Top-k through the index, seen items removed, then tail-aware re-ranking.
+
+        `strength` is the re-ranking knob (see `tailor.rerank`); 0 keeps the model's order.
+        """
+        from tailor.evaluate import head_mask
+        from tailor.rerank import rerank_tail
+
         users = self.model.user_vectors(histories)
-        out_items = np.full((len(histories), k), -1, dtype=np.int64)
-        out_scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        pool = max(k, candidates) if strength > 0 else k
+        cand_items = np.full((len(histories), pool), -1, dtype=np.int64)
+        cand_scores = np.full((len(histories), pool), -np.inf, dtype=np.float32)
         longest = max((len(h) for h in histories), default=0) if exclude_history else 0
-        # Over-fetch by the longest history in the batch so filtering still leaves k items.
-        fetch = min(self.n_items, k + longest)
+        # Over-fetch by the longest history in the batch so filtering still leaves enough.
+        fetch = min(self.n_items, pool + longest)
         scores, found = search_index(self.index, users, fetch)
         for row, hist in enumerate(histories):
             seen = set(np.asarray(hist).tolist()) if exclude_history else set()
             keep = [(i, s) for i, s in zip(found[row], scores[row], strict=True) if i >= 0]
-            keep = [(i, s) for i, s in keep if i not in seen][:k]
+            keep = [(i, s) for i, s in keep if i not in seen][:pool]
             for col, (item, score) in enumerate(keep):
-                out_items[row, col] = item
-                out_scores[row, col] = score
-        return Recommendations(out_items, out_scores)
+                cand_items[row, col] = item
+                cand_scores[row, col] = score
+        if strength <= 0:
+            return Recommendations(cand_items[:, :k], cand_scores[:, :k])
+        is_tail = ~head_mask(self.items[POPULARITY].to_numpy(), head_share)
+        chosen = rerank_tail(cand_items, cand_scores, is_tail, strength, k)
+        score_of = [
+            dict(zip(r.tolist(), s.tolist(), strict=True))
+            for r, s in zip(cand_items, cand_scores, strict=True)
+        ]
+        chosen_scores = np.array(
+            [[score_of[u].get(int(i), -np.inf) for i in row] for u, row in enumerate(chosen)],
+            dtype=np.float32,
+        )
+        return Recommendations(chosen, chosen_scores)
 
     def explain(self, history: np.ndarray, recommended: np.ndarray) -> list[str]:
         """For each recommended item, the history item whose text it reads most like."""

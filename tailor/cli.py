@@ -95,12 +95,24 @@ def _print_train(result, settings) -> None:
         f"   model version {result.model_version}: "
         f"{'promoted to champion' if result.promoted else 'not promoted'} ({result.gate_reason})"
     )
-    names = list(result.metrics)
-    keys = ["test_ndcg_at_10", "test_recall_at_20", "test_coverage_at_20", "test_aplt_at_20"]
-    print(f"   {'model':<14}" + "".join(f"{k:>22}" for k in keys))
-    for name in names:
-        values = result.metrics[name]
-        print(f"   {name:<14}" + "".join(f"{values.get(k, float('nan')):>22.4f}" for k in keys))
+    columns = [
+        ("NDCG@10", "test_ndcg_at_10"),
+        ("Recall@20", "test_recall_at_20"),
+        ("tail-rec@20", "test_tail_recall_at_20"),
+        ("cover@20", "test_coverage_at_20"),
+        ("APLT@20", "test_aplt_at_20"),
+        ("cold-rec@20", "cold_recall_at_20"),
+    ]
+    print(f"   {'model':<14}" + "".join(f"{title:>12}" for title, _ in columns))
+    for name, values in result.metrics.items():
+        cells = "".join(f"{values.get(key, float('nan')):>12.4f}" for _, key in columns)
+        print(f"   {name:<14}{cells}")
+    for claim, sig in result.significance.items():
+        verdict = "significant" if sig["low"] > 0 else "not significant"
+        print(
+            f"   {claim}: {sig['ratio']:.2f}x {sig['vs']}, 95 % interval of the gain "
+            f"[{sig['low']:+.4f}, {sig['high']:+.4f}] ({verdict})"
+        )
     print(f"   outputs: {result.out_dir}")
 
 

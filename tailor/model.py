@@ -83,10 +83,14 @@ class SeqRecNet(nn.Module):
         self.input_drop = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def item_matrix(self) -> torch.Tensor:
+    def item_matrix(self, keep_id: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors; `keep_id` (bool per item) drops the id part where False."""
         items = self.adapter(self.text)
         if self.item_id is not None:
-            items = items + self.item_id.weight
+            ids = self.item_id.weight
+            if keep_id is not None:
+                ids = ids * keep_id.unsqueeze(1)
+            items = items + ids
         return items
 
     def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,6 +208,17 @@ class SeqRecommender:
             raise ValueError("no user has two or more training events: nothing to learn from")
         inputs = torch.as_tensor(windows[:, :-1])
         targets = torch.as_tensor(windows[:, 1:])
+        # logQ correction: a full softmax over-rewards items that are frequent targets; taking
+        # their log frequency out of the training logits leaves more room for the tail.
+        counts = np.bincount(
+            np.concatenate([np.asarray(h) for h in histories]), minlength=self.n_items
+        )
+        log_freq = torch.as_tensor(np.log1p(counts), dtype=torch.float32, device=self.device)
+        correction = s.popularity_correction * log_freq
+        # Items with no training event are not in the catalogue yet as far as training knows
+        # (new items): keeping them out of the softmax leaves their id embedding at zero, so
+        # only their text places them, instead of learning "never chosen" as a fact.
+        unseen = torch.as_tensor(counts == 0, device=self.device)
         opt = torch.optim.AdamW(
             self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
         )
@@ -221,8 +236,15 @@ class SeqRecommender:
                 x = inputs[batch].to(self.device)
                 y = targets[batch].to(self.device)
                 valid = (y >= 0) & (x >= 0)
-                h = self.net.encode(x)
-                logits = h[valid] @ self.net.item_matrix().T
+                keep = None
+                if s.id_dropout > 0:
+                    keep = torch.rand(self.n_items, device=self.device) >= s.id_dropout
+                items = self.net.item_matrix(keep)
+                h = self.net.encode(x, items)
+                logits = h[valid] @ items.T
+                if s.popularity_correction:
+                    logits = logits - correction
+                logits = logits.masked_fill(unseen, float("-inf"))
                 loss = nn.functional.cross_entropy(logits, y[valid])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -241,10 +263,39 @@ class SeqRecommender:
                     best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
             bar.set_postfix(postfix)
             log.info("epoch %d loss %.4f %s", epoch, report.losses[-1], postfix.get("valid", ""))
+            if valid_fn is not None and s.patience and epoch - report.best_epoch >= s.patience:
+                log.info("no better validation score for %d epochs: stopping", s.patience)
+                break
         if best_state is not None:
             self.net.load_state_dict(best_state)
+        self.impute_untrained_ids(counts > 0)
         report.seconds = time.perf_counter() - started
         return report
+
+    @torch.no_grad()
+    def impute_untrained_ids(self, trained: np.ndarray) -> int:
+        """Give items without training events the id embedding of their text neighbours.
+
+        A new item's own id embedding never moved from zero; borrowing the similarity-weighted
+        average of the `cold_id_neighbours` trained items whose text is closest puts it where
+        items that read like it sit in the model's space. Returns how many items were filled.
+        """
+        k = self.settings.cold_id_neighbours
+        cold = np.flatnonzero(~trained)
+        warm = np.flatnonzero(trained)
+        if self.net.item_id is None or k == 0 or len(cold) == 0 or len(warm) == 0:
+            return 0
+        k = min(k, len(warm))
+        sims = self.text_vectors[cold] @ self.text_vectors[warm].T
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        weights = np.clip(np.take_along_axis(sims, nearest, axis=1), 1e-6, None)
+        weights = weights / weights.sum(axis=1, keepdims=True)
+        ids = self.net.item_id.weight
+        borrowed = np.einsum(
+            "ck,ckd->cd", weights, ids[torch.as_tensor(warm[nearest])].cpu().numpy()
+        )
+        ids[torch.as_tensor(cold)] = torch.as_tensor(borrowed, dtype=ids.dtype, device=ids.device)
+        return len(cold)
 
     @torch.inference_mode()
     def item_vectors(self) -> np.ndarray:

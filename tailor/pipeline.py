@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class PreparedData:
     n_users: int
     n_items: int
     n_interactions: int
+    cold_events: Path | None = None  # events on items held out of training (cold-item protocol)
+    n_cold_items: int = 0
 
 
 def read_item_vectors(settings: Settings) -> pl.DataFrame | None:
@@ -64,10 +66,15 @@ def read_item_vectors(settings: Settings) -> pl.DataFrame | None:
     )
 
 
-def prepare_data(settings: Settings, out_dir: Path) -> PreparedData:
-    """Load the configured source, clean it (rejects to quarantine) and split it in time."""
+def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) -> PreparedData:
+    """Load the configured source, clean it (rejects to quarantine) and split it in time.
+
+    With `hold_out_cold`, a seeded share of items (`eval.cold_item_share`) is taken out of the
+    warm data entirely and their events kept apart for the cold-item protocol.
+    """
     from tailor.clean import clean_all
     from tailor.data import load_raw
+    from tailor.protocol import choose_cold_items
     from tailor.split import split_leave_one_out
 
     out_dir = Path(out_dir)
@@ -75,7 +82,11 @@ def prepare_data(settings: Settings, out_dir: Path) -> PreparedData:
     raw = load_raw(settings)
     vectors = read_item_vectors(settings)
     clean = clean_all(raw, settings.data.timestamp_format, item_vectors=vectors)
-    split = split_leave_one_out(clean.interactions, settings.seed)
+    share = settings.eval.cold_item_share if hold_out_cold else 0.0
+    cold = choose_cold_items(clean.interactions, share, settings.seed)
+    is_cold = pl.col(C.ITEM_ID).is_in(pl.lit(pl.Series(cold, dtype=pl.Utf8)).implode())
+    split = split_leave_one_out(clean.interactions.filter(~is_cold), settings.seed)
+    cold_events = clean.interactions.filter(is_cold)
 
     paths = {
         "interactions": out_dir / "interactions.parquet",
@@ -90,6 +101,8 @@ def prepare_data(settings: Settings, out_dir: Path) -> PreparedData:
         users_path = out_dir / "users.parquet"
         clean.users.write_parquet(users_path)
     (out_dir / "cleaning_report.json").write_text(json.dumps(clean.report, indent=2))
+    cold_path = out_dir / "cold_events.parquet"
+    cold_events.write_parquet(cold_path)
     return PreparedData(
         interactions=paths["interactions"],
         items=paths["items"],
@@ -98,8 +111,19 @@ def prepare_data(settings: Settings, out_dir: Path) -> PreparedData:
         report=clean.report,
         n_users=split[C.USER_ID].n_unique(),
         n_items=clean.items.height,
-        n_interactions=split.height,
+        n_interactions=split.height + cold_events.height,
+        cold_events=cold_path,
+        n_cold_items=len(cold),
     )
+
+
+def all_interactions(prepared: PreparedData) -> pl.DataFrame:
+    """Warm and cold events together: everything known about users, for the refresh."""
+    warm = pl.read_parquet(prepared.interactions).drop(C.SPLIT, "seq")
+    if prepared.cold_events is None:
+        return warm
+    cold = pl.read_parquet(prepared.cold_events).select(warm.columns)
+    return pl.concat([warm, cold]).sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
 
 
 # ---------------------------------------------------------------- embed
@@ -160,59 +184,13 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 # ---------------------------------------------------------------- histories
 
 
-@dataclass
-class Histories:
-    """Per-user item positions for training and the two held-out evaluations."""
+def load_histories(prepared: PreparedData):
+    """The evaluation protocol's histories (see `tailor.protocol`)."""
+    from tailor.protocol import build_histories
 
-    users: list[str]
-    train: list[np.ndarray]  # train events, oldest first
-    valid_users: np.ndarray  # rows of `users` that have a validation event
-    valid_targets: np.ndarray
-    test_users: np.ndarray
-    test_targets: np.ndarray
-    n_items: int
-
-    def valid_history(self) -> list[np.ndarray]:
-        return [self.train[u] for u in self.valid_users]
-
-    def test_history(self) -> list[np.ndarray]:
-        # The test event is predicted from everything before it, validation event included.
-        return [np.append(self.train[u], self.valid_target_of[u]) for u in self.test_users]
-
-    valid_target_of: dict[int, int] = field(default_factory=dict)
-
-
-def build_histories(prepared: PreparedData) -> Histories:
-    items = pl.read_parquet(prepared.items, columns=[C.ITEM_ID])
-    position = {item: i for i, item in enumerate(items[C.ITEM_ID].to_list())}
-    frame = pl.read_parquet(prepared.interactions).sort([C.USER_ID, "seq"])
-    frame = frame.with_columns(
-        pl.col(C.ITEM_ID).replace_strict(position, return_dtype=pl.Int64).alias("pos")
-    )
-    users = frame[C.USER_ID].unique(maintain_order=True).to_list()
-    row_of = {u: i for i, u in enumerate(users)}
-    train_frame = frame.filter(pl.col(C.SPLIT) == C.TRAIN)
-    grouped = train_frame.group_by(C.USER_ID, maintain_order=True).agg(pl.col("pos"))
-    train = [np.zeros(0, dtype=np.int64) for _ in users]
-    for user, pos in zip(grouped[C.USER_ID].to_list(), grouped["pos"].to_list(), strict=True):
-        train[row_of[user]] = np.asarray(pos, dtype=np.int64)
-
-    def held_out(split: str) -> tuple[np.ndarray, np.ndarray]:
-        part = frame.filter(pl.col(C.SPLIT) == split)
-        rows = np.array([row_of[u] for u in part[C.USER_ID].to_list()], dtype=np.int64)
-        return rows, part["pos"].to_numpy().astype(np.int64)
-
-    valid_users, valid_targets = held_out(C.VALID)
-    test_users, test_targets = held_out(C.TEST)
-    return Histories(
-        users=users,
-        train=train,
-        valid_users=valid_users,
-        valid_targets=valid_targets,
-        test_users=test_users,
-        test_targets=test_targets,
-        n_items=len(position),
-        valid_target_of=dict(zip(valid_users.tolist(), valid_targets.tolist(), strict=True)),
+    cold = pl.read_parquet(prepared.cold_events) if prepared.cold_events else None
+    return build_histories(
+        pl.read_parquet(prepared.interactions), pl.read_parquet(prepared.items), cold
     )
 
 
@@ -221,7 +199,8 @@ def build_histories(prepared: PreparedData) -> Histories:
 
 @dataclass(frozen=True)
 class FineTuned:
-    model_dir: Path
+    model_dir: Path  # the model evaluated on test and served (refit on train + valid)
+    valid_model_dir: Path  # the model trained on train only, early-stopped on validation
     losses: list[float]
     valid_scores: list[float]
     best_epoch: int
@@ -235,27 +214,16 @@ def fine_tune(
     out_dir: Path,
     progress: bool = True,
 ) -> FineTuned:
-    """Train the sequential recommender on train events, keeping the best validation epoch."""
-    from tailor.evaluate import evaluate_recommender, item_popularity
+    """Train on train events, early-stop on validation; then refit on train + validation."""
     from tailor.model import SeqRecommender
 
-    hist = build_histories(prepared)
+    hist = load_histories(prepared)
     text_vectors = np.load(vectors_path)
-    popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
     valid_history = hist.valid_history()
 
     def valid_ndcg(model: SeqRecommender) -> float:
-        result = evaluate_recommender(
-            model,
-            valid_history,
-            hist.valid_targets,
-            valid_history,
-            popularity,
-            settings.eval.head_share,
-            [10],
-            len(hist.users),
-        )
-        return result.metrics["ndcg_at_10"]
+        top = rank_items(model, valid_history, settings)
+        return _ndcg_at_10(top, hist.valid_targets)
 
     model = SeqRecommender(text_vectors, settings.train, seed=settings.seed)
     report = model.fit(
@@ -264,15 +232,63 @@ def fine_tune(
         valid_fn=valid_ndcg if len(hist.valid_users) else None,
         progress=progress,
     )
-    model_dir = Path(out_dir) / "model"
-    model.save(model_dir)
+    valid_dir = Path(out_dir) / "model_valid"
+    model.save(valid_dir)
+    seconds = report.seconds
+    serve_dir = valid_dir
+    if settings.train.refit and len(hist.valid_users):
+        epochs = settings.train.model_copy(update={"epochs": report.best_epoch})
+        refit = SeqRecommender(text_vectors, epochs, seed=settings.seed)
+        seconds += refit.fit(hist.train_and_valid(), seed=settings.seed, progress=progress).seconds
+        serve_dir = Path(out_dir) / "model"
+        refit.save(serve_dir)
     return FineTuned(
-        model_dir=model_dir,
+        model_dir=serve_dir,
+        valid_model_dir=valid_dir,
         losses=report.losses,
         valid_scores=report.valid_scores,
         best_epoch=report.best_epoch,
-        seconds=report.seconds,
+        seconds=seconds,
     )
+
+
+def _ndcg_at_10(top: np.ndarray, targets: np.ndarray) -> float:
+    from tailor.evaluate import per_user_metric
+
+    return float(per_user_metric(top, targets, "ndcg", 10).mean()) if len(targets) else 0.0
+
+
+def rank_items(
+    model,
+    histories,
+    settings: Settings,
+    popularity: np.ndarray | None = None,
+    strength: float | None = None,
+    batch_users: int = 1024,
+) -> np.ndarray:
+    """Top-k (k = max eval k) per user with seen items excluded and tail-aware re-ranking.
+
+    `popularity` defines head and tail (train counts); without it only the raw ranking is used.
+    """
+    from tailor.evaluate import head_mask, top_k
+    from tailor.rerank import rerank_tail
+
+    k = max(settings.eval.ks)
+    strength = settings.rerank.strength if strength is None else strength
+    out = []
+    for start in range(0, len(histories), batch_users):
+        chunk = histories[start : start + batch_users]
+        scores = model.score(chunk)
+        if popularity is None or strength == 0:
+            out.append(top_k(scores, chunk, k))
+            continue
+        is_tail = ~head_mask(popularity, settings.eval.head_share)
+        n_cand = min(settings.rerank.candidates, scores.shape[1])
+        candidates = top_k(scores, chunk, n_cand)
+        gathered = np.take_along_axis(scores, candidates.clip(min=0), axis=1)
+        gathered[candidates < 0] = -np.inf
+        out.append(rerank_tail(candidates, gathered, is_tail, strength, k))
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
 # ---------------------------------------------------------------- index
@@ -293,10 +309,22 @@ def build_item_index(
 
 
 @dataclass(frozen=True)
+class Trial:
+    model: str
+    params: dict[str, Any]
+    valid_ndcg_at_10: float
+
+
+@dataclass(frozen=True)
 class Evaluation:
-    metrics: dict[str, dict[str, float]]  # model name -> {"valid_ndcg_at_10": ..., ...}
+    metrics: dict[str, dict[str, float]]  # model -> {"valid_ndcg_at_10": ..., "test_...": ...}
+    params: dict[str, dict[str, Any]]  # model -> chosen hyper-parameters
+    trials: list[Trial]  # every tuning trial, for child runs
+    significance: dict[str, dict[str, Any]]  # claim -> vs, ratio, gain, low, high
+    sweep: list[dict[str, float]]  # re-ranking strength -> test metrics
     table: Path  # markdown comparison table
     plot: Path  # long-tail curve with exposure overlaid
+    tradeoff: Path  # accuracy against tail share as the re-ranking strength moves
     sample: Path  # a sample of test-time recommendations, with labels
     primary: str  # the fine-tuned model's name in `metrics`
 
@@ -304,85 +332,290 @@ class Evaluation:
 def evaluate_models(
     prepared: PreparedData,
     vectors_path: Path,
-    model_dir: Path,
+    tuned: FineTuned,
     settings: Settings,
     out_dir: Path,
 ) -> Evaluation:
-    """The default protocol: the fine-tuned model and the baselines on valid and test events."""
-    from tailor.baselines import MostPopular, TextCosine
-    from tailor.evaluate import evaluate_recommender, exposure, item_popularity, metrics_table
+    """The default protocol: the fine-tuned model and every baseline, on the same splits.
+
+    Baselines are tuned on validation, refit on train + validation and scored on test; the
+    fine-tuned model was early-stopped on validation and refit the same way. Everything served
+    goes through the same tail-aware re-ranking; the sweep shows what the knob trades.
+    """
+    from tailor.evaluate import EvalResult, exposure, head_mask, item_popularity, ranking_metrics
     from tailor.model import SeqRecommender
-    from tailor.plots import plot_long_tail
+    from tailor.plots import plot_long_tail, plot_tradeoff
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hist = build_histories(prepared)
+    hist = load_histories(prepared)
     text_vectors = np.load(vectors_path)
     popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
-    model = SeqRecommender.load(model_dir, text_vectors, device=settings.train.device)
-    recommenders = [model, MostPopular(popularity), TextCosine(text_vectors)]
     ks = sorted(settings.eval.ks)
-    n_train_users = len(hist.users)
+    head_share = settings.eval.head_share
+    n_users = len(hist.users)
+    is_tail = ~head_mask(popularity, head_share)
 
-    metrics: dict[str, dict[str, float]] = {}
-    test_results = []
-    for rec in recommenders:
-        metrics[rec.name] = {}
-        for split, history, targets in (
-            ("valid", hist.valid_history(), hist.valid_targets),
-            ("test", hist.test_history(), hist.test_targets),
-        ):
+    valid_h, test_h = hist.valid_history(), hist.test_history()
+    cases = {
+        "valid": (valid_h, hist.valid_targets),
+        "test": (test_h, hist.test_targets),
+        "cold": (hist.cold_histories, hist.cold_targets),
+    }
+
+    def measure(tops: dict[str, np.ndarray]) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for split, top in tops.items():
+            targets = cases[split][1]
             if len(targets) == 0:
                 continue
-            result = evaluate_recommender(
-                rec,
-                history,
-                targets,
-                history,
-                popularity,
-                settings.eval.head_share,
-                ks,
-                n_train_users,
-            )
-            metrics[rec.name].update({f"{split}_{k}": v for k, v in result.metrics.items()})
-            if split == "test":
-                test_results.append(result)
+            found = ranking_metrics(top, targets, popularity, head_share, ks, n_users)
+            if split == "cold":
+                values.update({f"cold_recall_at_{k}": found[f"recall_at_{k}"] for k in ks})
+            else:
+                values.update({f"{split}_{key}": v for key, v in found.items()})
+        return values
 
+    metrics: dict[str, dict[str, float]] = {}
+    test_tops: dict[str, np.ndarray] = {}
+    cold_tops: dict[str, np.ndarray] = {}
+    params: dict[str, dict[str, Any]] = {}
+    trials: list[Trial] = []
+
+    # The fine-tuned model: validation from the early-stopped one, test and cold from the refit.
+    primary = SeqRecommender.name
+    valid_model = SeqRecommender.load(tuned.valid_model_dir, text_vectors, settings.train.device)
+    serve_model = SeqRecommender.load(tuned.model_dir, text_vectors, settings.train.device)
+    tops = {
+        "valid": rank_items(valid_model, valid_h, settings, popularity),
+        "test": rank_items(serve_model, test_h, settings, popularity),
+        "cold": rank_items(serve_model, hist.cold_histories, settings, popularity),
+    }
+    metrics[primary] = measure(tops)
+    test_tops[primary], cold_tops[primary] = tops["test"], tops["cold"]
+    params[primary] = {"rerank.strength": settings.rerank.strength, "epochs": tuned.best_epoch}
+
+    # Baselines: tuned on validation, refit on train + validation, scored on test and cold.
+    refit_histories = hist.train_and_valid()
+    for name in settings.eval.baselines:
+        best, name_trials = tune_baseline(name, hist, text_vectors, settings)
+        trials.extend(name_trials)
+        params[name] = best
+        valid_rec = fit_baseline(name, best, hist.train, hist.n_items, text_vectors)
+        refit_rec = fit_baseline(name, best, refit_histories, hist.n_items, text_vectors)
+        tops = {
+            "valid": rank_items(valid_rec, valid_h, settings, strength=0.0),
+            "test": rank_items(refit_rec, test_h, settings, strength=0.0),
+            "cold": rank_items(refit_rec, hist.cold_histories, settings, strength=0.0),
+        }
+        metrics[name] = measure(tops)
+        test_tops[name], cold_tops[name] = tops["test"], tops["cold"]
+
+    # The re-ranking knob: what accuracy buys what tail share, on test.
+    sweep = []
+    for strength in settings.rerank.sweep:
+        top = rank_items(serve_model, test_h, settings, popularity, strength=strength)
+        found = ranking_metrics(top, hist.test_targets, popularity, head_share, ks, n_users)
+        sweep.append({"strength": strength, **found})
+
+    significance = _significance(primary, metrics, test_tops, cold_tops, hist, is_tail, settings)
+
+    k_max = max(ks)
     table = out_dir / "evaluation.md"
     table.write_text(
-        "Test split (temporal leave-one-out, full ranking, seen items excluded)\n\n"
-        + metrics_table(test_results)
-        + "\n"
+        _evaluation_markdown(metrics, params, significance, sweep, primary, hist, prepared, ks)
     )
+    results = [EvalResult(name, {}, top) for name, top in test_tops.items()]
     plot = plot_long_tail(
         popularity,
-        {r.name: exposure(r.top[:, : max(ks)], hist.n_items) for r in test_results},
+        {r.name: exposure(r.top[:, :k_max], hist.n_items) for r in results},
         out_dir / "long_tail.png",
-        head_share=settings.eval.head_share,
-        title=f"Train popularity and exposure in test-time top-{max(ks)} lists",
+        head_share=head_share,
+        title=f"Train popularity and exposure in test-time top-{k_max} lists",
     )
-    sample = _write_sample(prepared, hist, test_results[0] if test_results else None, out_dir)
-    return Evaluation(metrics, table, plot, sample, primary=model.name)
+    tradeoff = plot_tradeoff(
+        [row["strength"] for row in sweep],
+        [row["ndcg_at_10"] for row in sweep],
+        [row[f"aplt_at_{k_max}"] for row in sweep],
+        out_dir / "rerank_tradeoff.png",
+        tail_name=f"APLT@{k_max}",
+        chosen=settings.rerank.strength,
+        baseline_points={
+            name: (m.get(f"test_aplt_at_{k_max}", 0.0), m.get("test_ndcg_at_10", 0.0))
+            for name, m in metrics.items()
+            if name != primary
+        },
+    )
+    sample = _write_sample(prepared, hist, test_tops[primary], out_dir)
+    return Evaluation(
+        metrics=metrics,
+        params=params,
+        trials=trials,
+        significance=significance,
+        sweep=sweep,
+        table=table,
+        plot=plot,
+        tradeoff=tradeoff,
+        sample=sample,
+        primary=primary,
+    )
 
 
-def _write_sample(prepared: PreparedData, hist: Histories, result, out_dir: Path) -> Path:
+def fit_baseline(name: str, params: dict[str, Any], histories, n_items: int, text_vectors):
+    from tailor.baselines import MostPopular, TextCosine, make_baseline
+    from tailor.evaluate import item_popularity
+
+    if name == "most-popular":
+        items = np.concatenate(histories) if len(histories) else np.zeros(0, dtype=np.int64)
+        return MostPopular(item_popularity(items, n_items))
+    if name == "text-cosine":
+        return TextCosine(text_vectors)
+    return make_baseline(name, **params).fit(histories, n_items)
+
+
+def tune_baseline(name: str, hist, text_vectors, settings: Settings):
+    """Grid search on the validation event; returns (best params, trials)."""
+    from tailor.baselines import DEFAULT_GRIDS
+
+    grid = DEFAULT_GRIDS.get(name, [{}]) if settings.eval.tune_baselines else [{}]
+    if len(grid) <= 1:
+        return (grid[0] if grid else {}), []
+    valid_h = hist.valid_history()
+    trials = []
+    for params in grid:
+        rec = fit_baseline(name, params, hist.train, hist.n_items, text_vectors)
+        score = _ndcg_at_10(rank_items(rec, valid_h, settings, strength=0.0), hist.valid_targets)
+        trials.append(Trial(name, dict(params), score))
+        log.info("tuning %s %s: valid NDCG@10 %.4f", name, params, score)
+    best = max(trials, key=lambda t: t.valid_ndcg_at_10)
+    return best.params, trials
+
+
+def _significance(
+    primary: str,
+    metrics: dict[str, dict[str, float]],
+    test_tops: dict[str, np.ndarray],
+    cold_tops: dict[str, np.ndarray],
+    hist,
+    is_tail: np.ndarray,
+    settings: Settings,
+) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap over users (cold: over cases) for each claim the targets make.
+
+    Returns {claim: {"vs": baseline, "ratio", "gain", "low", "high"}}; a gain is real when
+    "low" (the lower end of the 95 % interval of the per-user difference) is above zero.
+    """
+    from tailor.evaluate import paired_bootstrap, per_user_metric
+
+    out: dict[str, dict[str, Any]] = {}
+    baselines = [m for m in metrics if m != primary]
+    if not baselines or len(hist.test_targets) == 0:
+        return out
+
+    def record(claim: str, other: str, a: np.ndarray, b: np.ndarray) -> None:
+        gain, low, high = paired_bootstrap(
+            a, b, n_resamples=settings.eval.bootstrap_resamples, seed=settings.seed
+        )
+        base = float(b.mean())
+        ratio = float(a.mean() / base) if base > 0 else float("inf")
+        out[claim] = {"vs": other, "ratio": ratio, "gain": gain, "low": low, "high": high}
+
+    def best_by(key: str) -> str:
+        return max(baselines, key=lambda m: metrics[m].get(key, 0.0))
+
+    targets = hist.test_targets
+    best = best_by("test_ndcg_at_10")
+    record(
+        "ndcg_at_10",
+        best,
+        per_user_metric(test_tops[primary], targets, "ndcg", 10),
+        per_user_metric(test_tops[best], targets, "ndcg", 10),
+    )
+    tail = is_tail[targets]
+    if tail.any():
+        best = best_by("test_tail_recall_at_20")
+        record(
+            "tail_recall_at_20",
+            best,
+            per_user_metric(test_tops[primary][tail], targets[tail], "recall", 20),
+            per_user_metric(test_tops[best][tail], targets[tail], "recall", 20),
+        )
+    if len(hist.cold_targets) and "text-cosine" in cold_tops:
+        record(
+            "cold_recall_at_20",
+            "text-cosine",
+            per_user_metric(cold_tops[primary], hist.cold_targets, "recall", 20),
+            per_user_metric(cold_tops["text-cosine"], hist.cold_targets, "recall", 20),
+        )
+    return out
+
+
+def _evaluation_markdown(metrics, params, significance, sweep, primary, hist, prepared, ks) -> str:
+    k = max(ks)
+    cols = [
+        ("NDCG@10", "test_ndcg_at_10"),
+        ("Recall@10", "test_recall_at_10"),
+        (f"Recall@{k}", f"test_recall_at_{k}"),
+        ("MRR@10", "test_mrr_at_10"),
+        (f"coverage@{k}", f"test_coverage_at_{k}"),
+        (f"tail-recall@{k}", f"test_tail_recall_at_{k}"),
+        (f"APLT@{k}", f"test_aplt_at_{k}"),
+        (f"novelty@{k}", f"test_novelty_at_{k}"),
+        (f"cold-recall@{k}", f"cold_recall_at_{k}"),
+        ("valid NDCG@10", "valid_ndcg_at_10"),
+    ]
+    lines = [
+        f"Test: {len(hist.test_targets)} users (temporal leave-one-out, full ranking over "
+        f"{hist.n_items} items, seen items excluded). Cold: {len(hist.cold_targets)} events on "
+        f"{prepared.n_cold_items} items held out of training.",
+        "",
+        "| model | " + " | ".join(c[0] for c in cols) + " | chosen parameters |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " | --- |",
+    ]
+    for name, values in metrics.items():
+        cells = [f"{values.get(key, float('nan')):.4f}" for _, key in cols]
+        chosen = ", ".join(f"{p}={v}" for p, v in params.get(name, {}).items())
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {chosen} |")
+    if significance:
+        lines += ["", "Paired bootstrap (95 % interval of the per-user difference):", ""]
+        lines += [
+            "| claim | vs | ratio | gain | 95 % interval |",
+            "| --- | --- | ---: | ---: | --- |",
+        ]
+        for claim, sig in significance.items():
+            lines.append(
+                f"| {primary} {claim} | {sig['vs']} | {sig['ratio']:.2f}x | {sig['gain']:+.4f} "
+                f"| [{sig['low']:+.4f}, {sig['high']:+.4f}] |"
+            )
+    lines += ["", "Re-ranking strength (test):", ""]
+    lines += [f"| strength | NDCG@10 | Recall@{k} | tail-recall@{k} | coverage@{k} | APLT@{k} |"]
+    lines += ["| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in sweep:
+        lines.append(
+            f"| {row['strength']:.2f} | {row['ndcg_at_10']:.4f} | {row[f'recall_at_{k}']:.4f} "
+            f"| {row[f'tail_recall_at_{k}']:.4f} | {row[f'coverage_at_{k}']:.4f} "
+            f"| {row[f'aplt_at_{k}']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_sample(prepared: PreparedData, hist, top: np.ndarray, out_dir: Path) -> Path:
     items = pl.read_parquet(prepared.items, columns=[C.ITEM_ID, C.LABEL])
     labels = items[C.LABEL].to_list()
     rows = []
-    if result is not None:
-        for row, user_row in enumerate(hist.test_users[:25]):
-            for rank, item in enumerate(result.top[row, :10], start=1):
-                if item < 0:
-                    continue
-                rows.append(
-                    {
-                        C.USER_ID: hist.users[user_row],
-                        C.RANK: rank,
-                        C.LABEL: labels[item],
-                        "held_out": labels[hist.test_targets[row]],
-                        "hit": bool(item == hist.test_targets[row]),
-                    }
-                )
+    for row, user_row in enumerate(hist.test_users[:25]):
+        for rank, item in enumerate(top[row, :10], start=1):
+            if item < 0:
+                continue
+            rows.append(
+                {
+                    C.USER_ID: hist.users[user_row],
+                    C.RANK: rank,
+                    C.LABEL: labels[item],
+                    "held_out": labels[hist.test_targets[row]],
+                    "hit": bool(item == hist.test_targets[row]),
+                }
+            )
     path = out_dir / "sample_recommendations.csv"
     pl.DataFrame(rows).write_csv(path)
     return path
@@ -407,7 +640,7 @@ def assemble_bundle(
     from tailor.index import load_index
     from tailor.model import SeqRecommender
 
-    hist = build_histories(prepared)
+    hist = load_histories(prepared)
     text_vectors = np.load(vectors_path)
     popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
     model = SeqRecommender.load(model_dir, text_vectors, device="cpu")

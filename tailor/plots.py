@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,100 @@ def plot_long_tail(
         handles.append(line)
     ax.legend(handles=handles, loc="upper right", fontsize="small", markerscale=3)
     ax.set_title(title)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, format="png")
+    return path
+
+
+def plot_tradeoff(
+    strengths: Sequence[float],
+    accuracy: Sequence[float],
+    tail_share: Sequence[float],
+    path: Path,
+    accuracy_name: str = "NDCG@10",
+    tail_name: str = "APLT@20",
+    chosen: float | None = None,
+    baseline_points: dict[str, tuple[float, float]] | None = None,
+) -> Path:
+    """Draw the accuracy / long-tail trade-off of a re-ranking strength sweep; save a PNG.
+
+    One point per strength at (tail share, accuracy), joined in strength order and labelled
+    "s=<strength>". `chosen` (one of `strengths`) is ringed and named in the legend as the
+    default. `baseline_points` maps a model name to its (tail share, accuracy) and is drawn as
+    labelled markers, so the curve can be read against models without re-ranking.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    strengths_arr = np.asarray(strengths, dtype=np.float64)
+    accuracy_arr = np.asarray(accuracy, dtype=np.float64)
+    tail_arr = np.asarray(tail_share, dtype=np.float64)
+    if strengths_arr.ndim != 1 or strengths_arr.size == 0:
+        raise ValueError("strengths must be a non-empty sequence of numbers")
+    if accuracy_arr.shape != strengths_arr.shape or tail_arr.shape != strengths_arr.shape:
+        raise ValueError(
+            f"strengths ({strengths_arr.size}), accuracy ({accuracy_arr.size}) and tail_share "
+            f"({tail_arr.size}) must have one value per strength"
+        )
+    chosen_at = None
+    if chosen is not None:
+        hits = np.flatnonzero(np.isclose(strengths_arr, chosen, rtol=0.0, atol=1e-9))
+        if hits.size == 0:
+            raise ValueError(f"chosen strength {chosen} is not one of the swept strengths")
+        chosen_at = int(hits[0])
+
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(
+        tail_arr,
+        accuracy_arr,
+        color="tab:blue",
+        marker="o",
+        markersize=5,
+        linewidth=1.5,
+        label="tail re-ranking (s = strength)",
+    )
+    for strength, x, y in zip(strengths_arr, tail_arr, accuracy_arr, strict=True):
+        ax.annotate(
+            f"s={strength:g}",
+            (x, y),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize="small",
+            color="tab:blue",
+        )
+    if chosen_at is not None:
+        ax.plot(
+            tail_arr[chosen_at],
+            accuracy_arr[chosen_at],
+            linestyle="none",
+            marker="o",
+            markersize=14,
+            markerfacecolor="none",
+            markeredgecolor="tab:red",
+            markeredgewidth=2,
+            label=f"default strength {strengths_arr[chosen_at]:g}",
+        )
+    markers = ["s", "^", "D", "v", "P", "X", "<", ">", "*", "h"]
+    for i, (name, (x, y)) in enumerate((baseline_points or {}).items()):
+        ax.plot(
+            x,
+            y,
+            linestyle="none",
+            marker=markers[i % len(markers)],
+            markersize=8,
+            color=f"C{(i + 1) % 10}",
+            label=name,
+        )
+        ax.annotate(name, (x, y), xytext=(5, -12), textcoords="offset points", fontsize="small")
+    ax.set_xlabel(f"{tail_name} (share of tail items in the lists)")
+    ax.set_ylabel(accuracy_name)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(f"{accuracy_name} against {tail_name} by re-ranking strength")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

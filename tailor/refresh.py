@@ -33,6 +33,9 @@ def compute_recommendations(
     bundle: Bundle,
     interactions: pl.DataFrame,
     k: int,
+    strength: float = 0.0,
+    head_share: float = 0.2,
+    candidates: int = 200,
     extra_users: Sequence[str] = (),
     batch_users: int = 1024,
     progress: bool = False,
@@ -56,7 +59,13 @@ def compute_recommendations(
         chunk_users = users[start : start + batch_users]
         chunk_hist = histories[start : start + batch_users]
         with_history = [i for i, h in enumerate(chunk_hist) if len(h)]
-        recs = bundle.recommend([chunk_hist[i] for i in with_history], k)
+        recs = bundle.recommend(
+            [chunk_hist[i] for i in with_history],
+            k,
+            strength=strength,
+            candidates=candidates,
+            head_share=head_share,
+        )
         rows = dict(zip(with_history, range(len(with_history)), strict=True))
         for i, user in enumerate(chunk_users):
             if i in rows:

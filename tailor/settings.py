@@ -139,10 +139,37 @@ class TrainSettings(_Section):
     id_embedding: bool = Field(
         True, description="Add a learned id embedding to adapter(text); off = text only."
     )
-    epochs: int = Field(25, ge=1, description="Passes over the training sequences.")
+    id_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of items whose id embedding is dropped per training step, so the "
+        "text part alone must rank them (what new items have).",
+    )
+    cold_id_neighbours: int = Field(
+        3,
+        ge=0,
+        description="Items with no training event get the similarity-weighted id embedding of "
+        "this many text-nearest trained items (0 = text part only).",
+    )
+    epochs: int = Field(25, ge=1, description="Most passes over the training sequences.")
+    patience: int | None = Field(
+        5, ge=1, description="Stop after this many epochs without a better validation score."
+    )
     batch_size: int = Field(128, ge=1, description="Sequences per step.")
     learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    popularity_correction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Subtract this x log(item frequency) from training logits (logQ correction).",
+    )
+    refit: bool = Field(
+        True,
+        description="After early stopping on validation, refit on train + validation for the "
+        "best number of epochs; the refit model is evaluated on test and served.",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
 
@@ -155,12 +182,45 @@ class EvalSettings(_Section):
         0.2, gt=0, lt=1, description="Share of most popular train items that counts as head."
     )
     gate_metric: str = Field("valid_ndcg_at_10", description="Metric the champion gate compares.")
+    cold_item_share: float = Field(
+        0.05,
+        ge=0.0,
+        lt=0.5,
+        description="Share of items held out of training entirely, to measure cold-item recall; "
+        "0 trains on every item.",
+    )
+    baselines: list[Literal["most-popular", "item-knn", "ease", "als", "text-cosine"]] = Field(
+        ["most-popular", "item-knn", "ease", "als", "text-cosine"],
+        description="Baselines evaluated in the same run.",
+    )
+    tune_baselines: bool = Field(
+        True, description="Grid-search each baseline on validation (else its defaults)."
+    )
+    bootstrap_resamples: int = Field(
+        1000, ge=100, description="Paired bootstrap resamples for the confidence intervals."
+    )
 
     @model_validator(mode="after")
     def _ks_positive(self) -> EvalSettings:
         if not self.ks or min(self.ks) < 1:
             raise ValueError("eval.ks must be a non-empty list of positive integers")
         return self
+
+
+class RerankSettings(_Section):
+    """Tail-aware re-ranking after retrieval."""
+
+    strength: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="0 = the model's ranking; higher = more long-tail items; 1 = tail first.",
+    )
+    candidates: int = Field(200, ge=1, description="Retrieved items the re-ranker chooses from.")
+    sweep: list[float] = Field(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0],
+        description="Strengths measured for the accuracy / tail-share plot.",
+    )
 
 
 class RefreshSettings(_Section):
@@ -204,6 +264,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 

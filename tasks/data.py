@@ -8,9 +8,9 @@ from tasks.common import stage_task
 
 
 @stage_task()
-def clean_data(settings: Settings, out_dir: Path) -> PreparedData:
+def clean_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) -> PreparedData:
     """Load, clean (rejects to quarantine) and split the configured data."""
-    prepared = prepare_data(settings, out_dir)
+    prepared = prepare_data(settings, out_dir, hold_out_cold=hold_out_cold)
     logger = get_run_logger()
     for source, report in prepared.report.items():
         logger.info(

@@ -2,16 +2,16 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from tailor.pipeline import Evaluation, PreparedData, evaluate_models
+from tailor.pipeline import Evaluation, FineTuned, PreparedData, evaluate_models
 from tailor.settings import Settings
 from tasks.common import stage_task
 
 
 @stage_task()
 def evaluate(
-    prepared: PreparedData, vectors_path: Path, model_dir: Path, settings: Settings, out_dir: Path
+    prepared: PreparedData, vectors_path: Path, tuned: FineTuned, settings: Settings, out_dir: Path
 ) -> Evaluation:
-    """The fine-tuned model and the baselines under the default protocol."""
-    result = evaluate_models(prepared, vectors_path, model_dir, settings, out_dir)
+    """The fine-tuned model and every baseline under the default protocol."""
+    result = evaluate_models(prepared, vectors_path, tuned, settings, out_dir)
     get_run_logger().info("evaluation:\n%s", result.table.read_text())
     return result

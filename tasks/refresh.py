@@ -4,7 +4,7 @@ from pathlib import Path
 import polars as pl
 from prefect import get_run_logger
 
-from tailor.pipeline import PreparedData
+from tailor.pipeline import PreparedData, all_interactions
 from tailor.refresh import compute_recommendations, summarize_recommendations
 from tailor.registry import load_bundle
 from tailor.settings import Settings
@@ -26,7 +26,7 @@ def refresh_recommendations(
     """Top-k for every user from the given model version, published atomically to the store."""
     logger = get_run_logger()
     bundle = load_bundle(settings.tracking_uri, settings.tracking.model_name, model_version)
-    interactions = pl.read_parquet(prepared.interactions)
+    interactions = all_interactions(prepared)
     profile_users: list[str] = []
     if prepared.users is not None:
         profile_users = pl.read_parquet(prepared.users)["user_id"].to_list()
@@ -34,6 +34,9 @@ def refresh_recommendations(
         bundle,
         interactions,
         settings.refresh.k,
+        strength=settings.rerank.strength,
+        head_share=settings.eval.head_share,
+        candidates=settings.rerank.candidates,
         extra_users=profile_users,
         batch_users=settings.refresh.batch_users,
         progress=True,

@@ -10,10 +10,10 @@ from tailor import columns as C
 from tailor.bundle import Bundle
 from tailor.pipeline import (
     assemble_bundle,
-    build_histories,
     build_item_index,
     embed_items,
     fine_tune,
+    load_histories,
     prepare_data,
 )
 from tailor.refresh import POPULAR_REASON, compute_recommendations, summarize_recommendations
@@ -56,7 +56,7 @@ def test_recommendations_exclude_seen_items_and_explain_themselves(trained):
 def test_index_search_matches_exact_scoring(trained):
     prepared, folder = trained
     bundle = Bundle(folder)
-    hist = build_histories(prepared)
+    hist = load_histories(prepared)
     histories = hist.train[:10]
     via_index = bundle.recommend(histories, k=5).items
     scores = bundle.model.score(histories)

@@ -71,8 +71,19 @@ def test_second_run_embeds_nothing_and_both_runs_are_comparable(settings):
     assert first.metrics == second.metrics
     client = _client(settings)
     experiment = client.get_experiment_by_name(settings.tracking.experiment)
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], "tags.`tailor.flow` = 'train'")
     assert {r.info.run_id for r in runs} == {first.run_id, second.run_id}
+    # Every baseline is a child run of its training run, for side-by-side comparison.
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{first.run_id}'"
+    )
+    assert {r.data.tags["tailor.model"] for r in children} == set(settings.eval.baselines)
+    ease = next(r for r in children if r.data.tags["tailor.model"] == "ease")
+    assert "ease.l2" in ease.data.params and "test_ndcg_at_10" in ease.data.metrics
+    trials = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{ease.info.run_id}'"
+    )
+    assert len(trials) == 5  # the EASE grid, one child run per trial
     # Equal validation NDCG passes the gate ("not worse").
     assert second.promoted and second.model_version == "2"
 

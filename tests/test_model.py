@@ -83,3 +83,31 @@ def test_empty_history_scores_zero_and_bad_shape_is_refused(rng):
     assert not model.score([np.array([], dtype=np.int64)]).any()
     with pytest.raises(ValueError, match="divisible"):
         SeqRecommender(text, TrainSettings(dim=18, heads=4))
+
+
+def test_items_without_training_events_stay_out_of_training(rng):
+    histories, text = cyclic_task(rng, n_items=30)
+    histories = [h[h != 7] for h in histories]  # item 7 is "new": never in training
+    settings = TrainSettings(epochs=2, dim=16, layers=1, max_len=6, cold_id_neighbours=0)
+    model = SeqRecommender(text, settings)
+    model.fit(histories, seed=0)
+    ids = model.net.item_id.weight.detach().numpy()
+    assert not ids[7].any() and ids[8].any()
+
+
+def test_new_items_borrow_their_text_neighbours_id(rng):
+    histories, text = cyclic_task(rng, n_items=30)
+    text[7] = text[3]  # item 7 reads exactly like item 3
+    histories = [h[h != 7] for h in histories]
+    model = SeqRecommender(text, TrainSettings(epochs=2, dim=16, layers=1, cold_id_neighbours=1))
+    model.fit(histories, seed=0)
+    ids = model.net.item_id.weight.detach().numpy()
+    np.testing.assert_allclose(ids[7], ids[3])
+
+
+def test_early_stopping_patience(rng):
+    histories, text = cyclic_task(rng, n_users=20)
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
+    model = SeqRecommender(text, TrainSettings(epochs=6, dim=16, layers=1, patience=2))
+    report = model.fit(histories, seed=0, valid_fn=lambda m: next(scores))
+    assert len(report.losses) == 3 and report.best_epoch == 1

@@ -1,0 +1,87 @@
+"""The quality comparison: the training flow (baselines included) and the targets it must meet.
+
+    python benchmarks/quality.py [--preset NAME] [--workdir DIR]
+
+Runs the real `train` flow (Prefect ephemeral API, MLflow SQLite store), so the table printed
+here is also logged to MLflow as the run's `evaluation/evaluation.md`, with every baseline as a
+child run. Then checks the targets of the quality issue, each a ratio that must also hold under
+the paired bootstrap (lower end of the 95 % interval of the per-user gain above zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = [
+    # claim, minimum ratio over the compared model, what it is compared with
+    ("ndcg_at_10", 1.15, "the best baseline by test NDCG@10"),
+    ("tail_recall_at_20", 1.5, "the best baseline by test tail-recall@20"),
+    ("cold_recall_at_20", 1.5, "text-cosine"),
+]
+MIN_COVERAGE = 0.5
+MAX_SECONDS = 600
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    args = parser.parse_args()
+
+    from tailor.env import configure_environment
+    from tailor.settings import load_settings
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tailor-quality-"))
+    settings = load_settings(preset=args.preset, workdir=workdir)
+    configure_environment(settings.workdir)
+    from flows.train import train
+
+    started = time.perf_counter()
+    result = train(settings=settings)
+    seconds = time.perf_counter() - started
+
+    print((result.out_dir / "evaluation.md").read_text())
+    primary = result.metrics["tailor-seq"]
+    rows = []
+    for claim, minimum, against in TARGETS:
+        sig = result.significance.get(claim)
+        if sig is None:
+            rows.append((claim, f">= {minimum}x {against}", "not measured", "FAIL"))
+            continue
+        ok = sig["ratio"] >= minimum and sig["low"] > 0
+        shown = (
+            f"{sig['ratio']:.2f}x {sig['vs']}, gain 95 % [{sig['low']:+.4f}, {sig['high']:+.4f}]"
+        )
+        rows.append(
+            (claim, f">= {minimum}x {against}, interval above 0", shown, "PASS" if ok else "FAIL")
+        )
+    coverage = primary.get("test_coverage_at_20", 0.0)
+    rows.append(
+        (
+            "coverage_at_20",
+            f">= {MIN_COVERAGE}",
+            f"{coverage:.4f}",
+            "PASS" if coverage >= MIN_COVERAGE else "FAIL",
+        )
+    )
+    rows.append(
+        (
+            "train + evaluate time",
+            f"< {MAX_SECONDS} s",
+            f"{seconds:.0f} s",
+            "PASS" if seconds < MAX_SECONDS else "FAIL",
+        )
+    )
+    print("\n## Targets\n")
+    print("| target | required | measured | |\n| --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nMLflow run {result.run_id} in {settings.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
