@@ -75,11 +75,17 @@ def main() -> int:
             "PASS" if seconds < MAX_SECONDS else "FAIL",
         )
     )
-    print("\n## Targets\n")
-    print("| target | required | measured | |\n| --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print(f"\nMLflow run {result.run_id} in {settings.tracking_uri}")
+    lines = ["## Targets", "", "| target | required | measured | |", "| --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    targets = result.out_dir / "targets.md"
+    targets.write_text("\n".join(lines) + "\n")
+    print("\n" + targets.read_text())
+
+    from tailor.tracking import client_for, log_artifact
+
+    # Next to the comparison table in the run, so the MLflow UI shows both.
+    log_artifact(client_for(settings.tracking_uri), result.run_id, targets, "evaluation")
+    print(f"MLflow run {result.run_id} in {settings.tracking_uri}")
     return 0
 
 

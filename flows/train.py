@@ -12,9 +12,9 @@ from flows.common import log_baseline_runs, resolve_settings, tracked_run
 from tailor.settings import Settings
 from tailor.tracking import log_artifact, log_metrics, log_params
 from tasks.data import clean_data
-from tasks.embed import embed_item_texts
+from tasks.embed import embed_item_texts, tune_encoder
 from tasks.evaluate import evaluate
-from tasks.register import register_model
+from tasks.register import register_model, score_current_champion
 from tasks.train import build_index, fine_tune_model
 
 
@@ -43,7 +43,8 @@ def train(
         prepared = clean_data(settings, out_dir / "data")
         _log_cleaning(client, run_id, prepared)
 
-        state = embed_item_texts(prepared.items, settings, return_state=True)
+        embed_settings = tune_encoder(prepared, settings)
+        state = embed_item_texts(prepared.items, embed_settings, return_state=True)
         embedded = state.result()
         # A cache hit means the encoder did not run at all in this flow run.
         cached = state.name == "Cached"
@@ -59,7 +60,11 @@ def train(
         log_metrics(client, run_id, {"best_epoch": tuned.best_epoch, "fit_seconds": tuned.seconds})
 
         index_path = build_index(tuned.model_dir, embedded.vectors, settings, out_dir)
-        evaluation = evaluate(prepared, embedded.vectors, tuned, settings, out_dir)
+        frozen = embedded.vectors
+        if embed_settings.embed.model != settings.embed.model:
+            # The pre-trained encoder's vectors too, for the text-only baseline.
+            frozen = embed_item_texts(prepared.items, settings).vectors
+        evaluation = evaluate(prepared, embedded.vectors, tuned, settings, out_dir, frozen)
         primary = evaluation.metrics[evaluation.primary]
         log_metrics(client, run_id, primary)
         for name, values in evaluation.metrics.items():
@@ -79,6 +84,14 @@ def train(
             log_artifact(client, run_id, path, "evaluation")
 
         gate_value = primary.get(settings.eval.gate_metric, float("nan"))
+        current = score_current_champion(prepared, settings)
+        champion_score = None
+        if current is not None:
+            log_metrics(client, run_id, current.metrics, prefix="champion.")
+            champion_score = (
+                current.version,
+                current.metrics.get(settings.eval.gate_metric, float("nan")),
+            )
         decision = register_model(
             prepared,
             embedded.vectors,
@@ -88,6 +101,7 @@ def train(
             out_dir,
             run_id,
             gate_value,
+            champion_score,
         )
         client.set_tag(run_id, "model_version", decision.version)
         client.set_tag(run_id, "promoted", str(decision.promoted))

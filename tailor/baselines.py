@@ -141,8 +141,9 @@ class ItemKNN:
             stop = min(start + step, n_items)
             block = np.arange(start, stop)
             sim = (Xt @ Xc[:, start:stop]).toarray()
-            sim /= norms[:, None] * norms[None, start:stop] + self.shrink
             # 0/0 can only arise with shrink 0 on items nobody has; they have no similarity.
+            with np.errstate(invalid="ignore"):
+                sim /= norms[:, None] * norms[None, start:stop] + self.shrink
             np.nan_to_num(sim, copy=False, nan=0.0)
             sim[block, block - start] = 0.0
             keep = _top_per_column(sim, k) & (sim > 0)

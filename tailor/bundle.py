@@ -20,7 +20,7 @@ import polars as pl
 
 from tailor import columns as C
 from tailor.index import load_index, save_index, search_index
-from tailor.model import SeqRecommender
+from tailor.model import EnsembleRecommender, SeqRecommender, load_recommender
 
 POPULARITY = "popularity"
 
@@ -30,7 +30,7 @@ def write_bundle(
     items: pl.DataFrame,
     popularity: np.ndarray,
     text_vectors: np.ndarray,
-    model: SeqRecommender,
+    model: SeqRecommender | EnsembleRecommender,
     index,
     settings_json: str,
 ) -> Path:
@@ -66,7 +66,7 @@ class Bundle:
         self.text_vectors = np.load(self.folder / "text_vectors.npy")
         self.item_vectors = np.load(self.folder / "item_vectors.npy")
         self.index = load_index(self.folder / "index.faiss")
-        self.model = SeqRecommender.load(self.folder / "model", self.text_vectors, device=device)
+        self.model = load_recommender(self.folder / "model", self.text_vectors, device=device)
         self.item_ids: list[str] = self.items[C.ITEM_ID].to_list()
         self.labels: list[str] = self.items[C.LABEL].to_list()
         self.position = {item: pos for pos, item in enumerate(self.item_ids)}

@@ -46,6 +46,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    settings = _prepare(args)
+    from flows.tune import tune
+
+    result = tune(settings=settings)
+    print(result.table.read_text())
+    chosen = ", ".join(f"train.{k}={v}" for k, v in result.best_params.items())
+    print(f"best on validation: {chosen} (valid NDCG@10 {result.best_score:.4f})")
+    print(f"MLflow run {result.run_id}: one child run per trial")
+    return 0
+
+
 def cmd_refresh(args: argparse.Namespace) -> int:
     settings = _prepare(args)
     from flows.refresh import nightly_refresh
@@ -159,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "train", parents=[common], help="train, evaluate and register only"
     ).set_defaults(func=cmd_train)
+    sub.add_parser(
+        "tune", parents=[common], help="grid-search model hyper-parameters on validation"
+    ).set_defaults(func=cmd_tune)
     refresh = sub.add_parser("refresh", parents=[common], help="recompute every user's list")
     refresh.add_argument("--model-version", help="registered version (default: champion)")
     refresh.set_defaults(func=cmd_refresh)

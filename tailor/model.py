@@ -37,6 +37,7 @@ class ModelConfig:
     max_len: int = 50
     dropout: float = 0.2
     id_embedding: bool = True
+    text_view: bool = False
 
     @classmethod
     def from_settings(cls, n_items: int, text_dim: int, s: TrainSettings) -> ModelConfig:
@@ -49,6 +50,7 @@ class ModelConfig:
             max_len=s.max_len,
             dropout=s.dropout,
             id_embedding=s.id_embedding,
+            text_view=s.text_view_weight > 0 and s.id_embedding,
         )
 
 
@@ -82,10 +84,18 @@ class SeqRecNet(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.input_drop = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
+        # Which items had training events; the others are scored by the text view alone.
+        self.register_buffer("trained", torch.ones(cfg.n_items, dtype=torch.bool))
 
-    def item_matrix(self, keep_id: torch.Tensor | None = None) -> torch.Tensor:
+    def text_matrix(self) -> torch.Tensor:
+        """The text view: adapter(frozen text vector) per item."""
+        return self.adapter(self.text)
+
+    def item_matrix(
+        self, keep_id: torch.Tensor | None = None, text_part: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Item vectors; `keep_id` (bool per item) drops the id part where False."""
-        items = self.adapter(self.text)
+        items = self.text_matrix() if text_part is None else text_part
         if self.item_id is not None:
             ids = self.item_id.weight
             if keep_id is not None:
@@ -219,6 +229,7 @@ class SeqRecommender:
         # (new items): keeping them out of the softmax leaves their id embedding at zero, so
         # only their text places them, instead of learning "never chosen" as a fact.
         unseen = torch.as_tensor(counts == 0, device=self.device)
+        self.net.trained.copy_(~unseen)
         opt = torch.optim.AdamW(
             self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
         )
@@ -239,13 +250,14 @@ class SeqRecommender:
                 keep = None
                 if s.id_dropout > 0:
                     keep = torch.rand(self.n_items, device=self.device) >= s.id_dropout
-                items = self.net.item_matrix(keep)
-                h = self.net.encode(x, items)
-                logits = h[valid] @ items.T
-                if s.popularity_correction:
-                    logits = logits - correction
-                logits = logits.masked_fill(unseen, float("-inf"))
-                loss = nn.functional.cross_entropy(logits, y[valid])
+                text_part = self.net.text_matrix()
+                items = self.net.item_matrix(keep, text_part)
+                h = self.net.encode(x, items)[valid]
+                loss = self._softmax_loss(h @ items.T, y[valid], unseen, correction)
+                if self.config.text_view:
+                    # The text view must rank on its own: it is all a new item has.
+                    text_loss = self._softmax_loss(h @ text_part.T, y[valid], unseen, correction)
+                    loss = loss + s.text_view_weight * text_loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -268,9 +280,23 @@ class SeqRecommender:
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
-        self.impute_untrained_ids(counts > 0)
+        if not self.config.text_view:
+            self.impute_untrained_ids(counts > 0)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _softmax_loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        unseen: torch.Tensor,
+        correction: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.settings.popularity_correction:
+            logits = logits - correction
+        # Items with no training event stay out of the softmax (see `_fit`).
+        logits = logits.masked_fill(unseen, float("-inf"))
+        return nn.functional.cross_entropy(logits, targets)
 
     @torch.no_grad()
     def impute_untrained_ids(self, trained: np.ndarray) -> int:
@@ -297,16 +323,35 @@ class SeqRecommender:
         ids[torch.as_tensor(cold)] = torch.as_tensor(borrowed, dtype=ids.dtype, device=ids.device)
         return len(cold)
 
+    @property
+    def vector_dim(self) -> int:
+        """Width of `user_vectors` and `item_vectors` (one more with the text view)."""
+        return self.config.dim + int(self.config.text_view)
+
     @torch.inference_mode()
     def item_vectors(self) -> np.ndarray:
+        """What the index holds; the user vector's inner product with it is the score.
+
+        With the text view, an item without training events is its text-view vector plus a
+        1 in an extra column; the user's extra column holds the difference of the two views'
+        log-normalisers, so every score is a log-probability of the view that knows the item.
+        """
         self.net.eval()
-        return self.net.item_matrix().float().cpu().numpy()
+        text_part = self.net.text_matrix()
+        items = self.net.item_matrix(text_part=text_part)
+        if not self.config.text_view:
+            return items.float().cpu().numpy()
+        cold = ~self.net.trained
+        items = torch.where(cold.unsqueeze(1), text_part, items)
+        return torch.cat([items, cold.unsqueeze(1).to(items.dtype)], dim=1).float().cpu().numpy()
 
     @torch.inference_mode()
     def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
         self.net.eval()
-        items = self.net.item_matrix()
-        out = np.zeros((len(histories), self.config.dim), dtype=np.float32)
+        text_part = self.net.text_matrix()
+        items = self.net.item_matrix(text_part=text_part)
+        trained = self.net.trained
+        out = np.zeros((len(histories), self.vector_dim), dtype=np.float32)
         for start in range(0, len(histories), batch):
             chunk = histories[start : start + batch]
             seqs = torch.as_tensor(left_pad(chunk, self.config.max_len), device=self.device)
@@ -314,6 +359,11 @@ class SeqRecommender:
             # A user with no history gets the zero vector: every item scores 0.
             empty = (seqs < 0).all(dim=1)
             h[empty] = 0.0
+            if self.config.text_view:
+                shift = torch.logsumexp(h @ items[trained].T, dim=1) - torch.logsumexp(
+                    h @ text_part[trained].T, dim=1
+                )
+                h = torch.cat([h, shift.unsqueeze(1)], dim=1)
             out[start : start + len(chunk)] = h.float().cpu().numpy()
         return out
 
@@ -337,3 +387,56 @@ class SeqRecommender:
         model.net.load_state_dict(state)
         model.net.eval()
         return model
+
+
+class EnsembleRecommender:
+    """The mean of its members' scores; satisfies `tailor.evaluate.Recommender`.
+
+    Each member's score is a log-probability, so the mean is a product of experts. Its
+    vectors are the members' side by side (users divided by the member count), so one inner
+    product in the index gives exactly the mean score.
+    """
+
+    name = SeqRecommender.name
+
+    def __init__(self, members: Sequence[SeqRecommender]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.config = self.members[0].config
+
+    @property
+    def vector_dim(self) -> int:
+        return sum(m.vector_dim for m in self.members)
+
+    def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
+        parts = [m.user_vectors(histories, batch) for m in self.members]
+        return np.concatenate(parts, axis=1) / len(self.members)
+
+    def item_vectors(self) -> np.ndarray:
+        return np.concatenate([m.item_vectors() for m in self.members], axis=1)
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return self.user_vectors(histories) @ self.item_vectors().T
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [f"member-{i}" for i in range(len(self.members))]
+        for name, member in zip(names, self.members, strict=True):
+            member.save(folder / name)
+        (folder / "members.json").write_text(json.dumps(names))
+
+
+def load_recommender(
+    folder: Path, text_vectors: np.ndarray, device: str = "auto"
+) -> SeqRecommender | EnsembleRecommender:
+    """A saved model or ensemble, whichever the folder holds."""
+    folder = Path(folder)
+    members_file = folder / "members.json"
+    if members_file.is_file():
+        names = json.loads(members_file.read_text())
+        return EnsembleRecommender(
+            [SeqRecommender.load(folder / name, text_vectors, device) for name in names]
+        )
+    return SeqRecommender.load(folder, text_vectors, device)

@@ -149,6 +149,50 @@ def item_texts_key(items_path: Path, settings: Settings) -> str:
     return digest.hexdigest()[:32]
 
 
+def tune_text_encoder(prepared: PreparedData, settings: Settings, progress: bool = True) -> str:
+    """The encoder the embed stage should use: the configured one, or with
+    `embed.tuning.enabled` a copy fine-tuned on this run's training events.
+
+    The tuned copy is cached under the workdir by content (base encoder, tuning settings,
+    seed, item texts, training histories), so a rerun on the same data reuses it.
+    """
+    if not settings.embed.tuning.enabled:
+        return settings.embed.model
+    import shutil
+
+    from tailor.tune_encoder import fine_tune_encoder
+
+    hist = load_histories(prepared)
+    texts = pl.read_parquet(prepared.items, columns=[C.TEXT])[C.TEXT].to_list()
+    digest = hashlib.sha256()
+    digest.update(settings.embed.model_dump_json(include={"model", "max_length"}).encode())
+    digest.update(settings.embed.tuning.model_dump_json().encode())
+    digest.update(str(settings.seed).encode())
+    for text in texts:
+        digest.update(text.encode() + b"\0")
+    for history in hist.train:
+        digest.update(np.asarray(history, dtype=np.int64).tobytes() + b"|")
+    folder = settings.cache_dir / "encoders" / digest.hexdigest()[:32]
+    if (folder / "config.json").is_file():
+        log.info("reusing the tuned encoder in %s", folder)
+        return str(folder)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    report = fine_tune_encoder(
+        texts,
+        hist.train,
+        settings.embed,
+        settings.embed.tuning,
+        partial,
+        settings.seed,
+        progress=progress,
+    )
+    log.info("tuned the encoder in %.0f s, loss per epoch %s", report.seconds, report.losses)
+    # Renamed into place only when complete: a crash never leaves a half-saved encoder.
+    os.replace(partial, folder)
+    return str(folder)
+
+
 def embed_items(items_path: Path, settings: Settings, progress: bool = True) -> EmbeddedItems:
     """Vectors for every item: the language model (with its cache), or the user's own file."""
     key = item_texts_key(items_path, settings)
@@ -214,8 +258,13 @@ def fine_tune(
     out_dir: Path,
     progress: bool = True,
 ) -> FineTuned:
-    """Train on train events, early-stop on validation; then refit on train + validation."""
-    from tailor.model import SeqRecommender
+    """Train on train events, early-stop on validation; then refit on train + validation.
+
+    With `train.ensemble` the served model is the mean of the two (the early-stopped one and
+    its refit): two models that saw different data disagree where either
+    is unsure, and their mean is steadier from run to run than either alone.
+    """
+    from tailor.model import EnsembleRecommender, SeqRecommender
 
     hist = load_histories(prepared)
     text_vectors = np.load(vectors_path)
@@ -241,7 +290,8 @@ def fine_tune(
         refit = SeqRecommender(text_vectors, epochs, seed=settings.seed)
         seconds += refit.fit(hist.train_and_valid(), seed=settings.seed, progress=progress).seconds
         serve_dir = Path(out_dir) / "model"
-        refit.save(serve_dir)
+        served = EnsembleRecommender([model, refit]) if settings.train.ensemble else refit
+        served.save(serve_dir)
     return FineTuned(
         model_dir=serve_dir,
         valid_model_dir=valid_dir,
@@ -250,6 +300,60 @@ def fine_tune(
         best_epoch=report.best_epoch,
         seconds=seconds,
     )
+
+
+@dataclass(frozen=True)
+class SearchTrial:
+    params: dict[str, Any]  # the train.* values this trial set
+    metrics: dict[str, float]  # valid_ndcg_at_10 (the objective), tail and cold recall, ...
+    best_epoch: int
+    seconds: float
+
+
+def run_search_trial(
+    prepared: PreparedData, vectors_path: Path, settings: Settings, params: dict[str, Any]
+) -> SearchTrial:
+    """Train with `params` on train events, early-stopped on validation; validation metrics.
+
+    Cold-item recall is measured too (the cold events are outside training either way), so a
+    trial that buys accuracy with new-item reach shows it.
+    """
+    from tailor.evaluate import item_popularity, per_user_metric, ranking_metrics
+    from tailor.model import SeqRecommender
+    from tailor.settings import TrainSettings
+
+    # Validated, so a bad grid value fails with the field's own message.
+    train_settings = TrainSettings.model_validate({**settings.train.model_dump(), **params})
+    trial_settings = settings.model_copy(update={"train": train_settings})
+    hist = load_histories(prepared)
+    text_vectors = np.load(vectors_path)
+    popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
+    valid_history = hist.valid_history()
+
+    def objective(model: SeqRecommender) -> float:
+        return _ndcg_at_10(
+            rank_items(model, valid_history, trial_settings, popularity), hist.valid_targets
+        )
+
+    model = SeqRecommender(text_vectors, train_settings, seed=settings.seed)
+    report = model.fit(hist.train, seed=settings.seed, valid_fn=objective)
+    top = rank_items(model, valid_history, trial_settings, popularity)
+    found = ranking_metrics(
+        top,
+        hist.valid_targets,
+        popularity,
+        settings.eval.head_share,
+        settings.eval.ks,
+        len(hist.users),
+    )
+    metrics = {f"valid_{key}": value for key, value in found.items()}
+    if len(hist.cold_targets):
+        k = max(settings.eval.ks)
+        cold = rank_items(model, hist.cold_histories, trial_settings, popularity)
+        metrics[f"cold_recall_at_{k}"] = float(
+            per_user_metric(cold, hist.cold_targets, "recall", k).mean()
+        )
+    return SearchTrial(dict(params), metrics, report.best_epoch, report.seconds)
 
 
 def _ndcg_at_10(top: np.ndarray, targets: np.ndarray) -> float:
@@ -298,9 +402,9 @@ def build_item_index(
     model_dir: Path, vectors_path: Path, settings: Settings, out_dir: Path
 ) -> Path:
     from tailor.index import build_index, save_index
-    from tailor.model import SeqRecommender
+    from tailor.model import load_recommender
 
-    model = SeqRecommender.load(model_dir, np.load(vectors_path), device="cpu")
+    model = load_recommender(model_dir, np.load(vectors_path), device="cpu")
     index = build_index(model.item_vectors(), settings.index, seed=settings.seed)
     return save_index(index, Path(out_dir) / "index.faiss")
 
@@ -335,15 +439,21 @@ def evaluate_models(
     tuned: FineTuned,
     settings: Settings,
     out_dir: Path,
+    frozen_vectors_path: Path | None = None,
 ) -> Evaluation:
     """The default protocol: the fine-tuned model and every baseline, on the same splits.
+
+    `vectors_path` holds the text vectors the model was trained on. When those came from a
+    tuned encoder, `frozen_vectors_path` holds the pre-trained encoder's: the text-cosine
+    baseline reads those (text as it comes), and `text-cosine-tuned` shows what the tuning
+    alone does for a text-only model.
 
     Baselines are tuned on validation, refit on train + validation and scored on test; the
     fine-tuned model was early-stopped on validation and refit the same way. Everything served
     goes through the same tail-aware re-ranking; the sweep shows what the knob trades.
     """
     from tailor.evaluate import EvalResult, exposure, head_mask, item_popularity, ranking_metrics
-    from tailor.model import SeqRecommender
+    from tailor.model import SeqRecommender, load_recommender
     from tailor.plots import plot_long_tail, plot_tradeoff
 
     out_dir = Path(out_dir)
@@ -384,8 +494,8 @@ def evaluate_models(
 
     # The fine-tuned model: validation from the early-stopped one, test and cold from the refit.
     primary = SeqRecommender.name
-    valid_model = SeqRecommender.load(tuned.valid_model_dir, text_vectors, settings.train.device)
-    serve_model = SeqRecommender.load(tuned.model_dir, text_vectors, settings.train.device)
+    valid_model = load_recommender(tuned.valid_model_dir, text_vectors, settings.train.device)
+    serve_model = load_recommender(tuned.model_dir, text_vectors, settings.train.device)
     tops = {
         "valid": rank_items(valid_model, valid_h, settings, popularity),
         "test": rank_items(serve_model, test_h, settings, popularity),
@@ -397,12 +507,18 @@ def evaluate_models(
 
     # Baselines: tuned on validation, refit on train + validation, scored on test and cold.
     refit_histories = hist.train_and_valid()
-    for name in settings.eval.baselines:
-        best, name_trials = tune_baseline(name, hist, text_vectors, settings)
+    baselines = {name: text_vectors for name in settings.eval.baselines}
+    tuned_text = frozen_vectors_path is not None and Path(frozen_vectors_path) != Path(vectors_path)
+    if tuned_text and "text-cosine" in baselines:
+        baselines["text-cosine"] = np.load(frozen_vectors_path)
+        baselines["text-cosine-tuned"] = text_vectors
+    for name, name_vectors in baselines.items():
+        kind = "text-cosine" if name == "text-cosine-tuned" else name
+        best, name_trials = tune_baseline(kind, hist, name_vectors, settings)
         trials.extend(name_trials)
         params[name] = best
-        valid_rec = fit_baseline(name, best, hist.train, hist.n_items, text_vectors)
-        refit_rec = fit_baseline(name, best, refit_histories, hist.n_items, text_vectors)
+        valid_rec = fit_baseline(kind, best, hist.train, hist.n_items, name_vectors)
+        refit_rec = fit_baseline(kind, best, refit_histories, hist.n_items, name_vectors)
         tops = {
             "valid": rank_items(valid_rec, valid_h, settings, strength=0.0),
             "test": rank_items(refit_rec, test_h, settings, strength=0.0),
@@ -621,6 +737,47 @@ def _write_sample(prepared: PreparedData, hist, top: np.ndarray, out_dir: Path) 
     return path
 
 
+def score_champion(
+    prepared: PreparedData, bundle_dir: Path, settings: Settings
+) -> dict[str, float]:
+    """The current champion's test metrics on this run's test cases (the same protocol).
+
+    Its stored metrics came from its own run's data and split, so comparing against them
+    would compare different exams. Histories and results are mapped through item ids; items
+    the champion never saw are dropped from histories and can never be found by it.
+    """
+    from tailor.bundle import Bundle
+    from tailor.evaluate import item_popularity, ranking_metrics
+
+    hist = load_histories(prepared)
+    bundle = Bundle(bundle_dir, device="cpu")
+    ids = pl.read_parquet(prepared.items, columns=[C.ITEM_ID])[C.ITEM_ID].to_list()
+    ours = {item: pos for pos, item in enumerate(ids)}
+    k = max(settings.eval.ks)
+    histories = [bundle.positions([ids[i] for i in h]) for h in hist.test_history()]
+    found = bundle.recommend(
+        histories,
+        k,
+        strength=settings.rerank.strength,
+        candidates=settings.rerank.candidates,
+        head_share=settings.eval.head_share,
+    ).items
+    top = np.array(
+        [[ours.get(bundle.item_ids[i], -1) if i >= 0 else -1 for i in row] for row in found],
+        dtype=np.int64,
+    ).reshape(len(histories), k)
+    popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
+    values = ranking_metrics(
+        top,
+        hist.test_targets,
+        popularity,
+        settings.eval.head_share,
+        settings.eval.ks,
+        len(hist.users),
+    )
+    return {f"test_{key}": value for key, value in values.items()}
+
+
 # ---------------------------------------------------------------- bundle
 
 
@@ -638,12 +795,12 @@ def assemble_bundle(
     from tailor.bundle import write_bundle
     from tailor.evaluate import item_popularity
     from tailor.index import load_index
-    from tailor.model import SeqRecommender
+    from tailor.model import load_recommender
 
     hist = load_histories(prepared)
     text_vectors = np.load(vectors_path)
     popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
-    model = SeqRecommender.load(model_dir, text_vectors, device="cpu")
+    model = load_recommender(model_dir, text_vectors, device="cpu")
     folder = Path(out_dir) / "bundle"
     if folder.exists():
         shutil.rmtree(folder)

@@ -22,6 +22,14 @@ PIP_REQUIREMENTS = [
 
 
 @dataclass(frozen=True)
+class ChampionScore:
+    """The current champion measured on a new run's test cases."""
+
+    version: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class GateDecision:
     version: str
     promoted: bool
@@ -62,15 +70,25 @@ def register_bundle(
     metric: str,
     value: float,
     tags: dict[str, str] | None = None,
+    champion_score: tuple[str, float] | None = None,
 ) -> GateDecision:
-    """Log the bundle as a pyfunc model of `run_id`, register it, and apply the gate."""
+    """Log the bundle as a pyfunc model of `run_id`, register it, and apply the gate.
+
+    `champion_score` is (version, value): the current champion measured on this run's own
+    test cases (`tailor.pipeline.score_champion`), so both sides sat the same exam. Without
+    it, the value stored on the champion's version when it was registered is used.
+    """
     import mlflow
 
     from tailor.pyfunc import TailorModel
 
     current = champion(client, model_name, alias)
     current_value = None
-    if current is not None and metric in current.tags:
+    moved = False
+    if current is not None and champion_score is not None:
+        moved = str(current.version) != str(champion_score[0])
+        current_value = float(champion_score[1])
+    elif current is not None and metric in current.tags:
         current_value = float(current.tags[metric])
 
     active = mlflow.active_run()
@@ -86,6 +104,13 @@ def register_bundle(
         client.set_model_version_tag(model_name, version, key, tag_value)
 
     promoted, reason = decide_promotion(value, current_value, metric)
+    if moved:
+        # Another run promoted a version after ours scored the champion: our comparison is
+        # against a model that is no longer the champion, so it cannot decide.
+        promoted = False
+        reason = f"champion moved to version {current.version} during this run; not compared"
+    elif current is not None and champion_score is not None:
+        reason += " (champion re-scored on this run's test cases)"
     if promoted:
         client.set_registered_model_alias(model_name, alias, version)
     log.info(

@@ -99,6 +99,19 @@ class DataSettings(_Section):
         return self
 
 
+class EncoderTuningSettings(_Section):
+    """Optional contrastive fine-tuning of the text encoder on collaborative neighbours."""
+
+    enabled: bool = Field(
+        False, description="Fine-tune the encoder before embedding (see tailor.tune_encoder)."
+    )
+    epochs: int = Field(2, ge=1, description="Passes over the items with training events.")
+    batch_size: int = Field(64, ge=2, description="Item pairs per step (in-batch negatives).")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature of the InfoNCE loss.")
+    neighbours: int = Field(10, ge=1, description="Collaborative neighbours per item to pair.")
+
+
 class EmbedSettings(_Section):
     """The language-model encoder that turns item text into vectors."""
 
@@ -112,6 +125,7 @@ class EmbedSettings(_Section):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="bfloat16 is ~2x faster on CPUs with AVX512-BF16, cos >= 0.9998."
     )
+    tuning: EncoderTuningSettings = Field(default_factory=EncoderTuningSettings)
 
 
 class IndexSettings(_Section):
@@ -146,18 +160,25 @@ class TrainSettings(_Section):
         description="Share of items whose id embedding is dropped per training step, so the "
         "text part alone must rank them (what new items have).",
     )
+    text_view_weight: float = Field(
+        0.3,
+        ge=0.0,
+        description="Weight of a second softmax loss on the text view alone (adapter(text), "
+        "no id); > 0 also scores items without training events by that view, calibrated "
+        "against the full view (0 = off: such items borrow their text neighbours' ids).",
+    )
     cold_id_neighbours: int = Field(
         3,
         ge=0,
         description="Items with no training event get the similarity-weighted id embedding of "
         "this many text-nearest trained items (0 = text part only).",
     )
-    epochs: int = Field(25, ge=1, description="Most passes over the training sequences.")
+    epochs: int = Field(40, ge=1, description="Most passes over the training sequences.")
     patience: int | None = Field(
         5, ge=1, description="Stop after this many epochs without a better validation score."
     )
     batch_size: int = Field(128, ge=1, description="Sequences per step.")
-    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(4e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     popularity_correction: float = Field(
         0.0,
@@ -170,8 +191,41 @@ class TrainSettings(_Section):
         description="After early stopping on validation, refit on train + validation for the "
         "best number of epochs; the refit model is evaluated on test and served.",
     )
+    ensemble: bool = Field(
+        True,
+        description="With refit, serve the mean of the early-stopped model and its refit "
+        "(steadier than either alone, same training cost).",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+
+
+class SearchSettings(_Section):
+    """Grid of model hyper-parameters for `tailor tune`; every combination is one trial.
+
+    Each trial trains on the train events, early-stops on validation and is scored by
+    validation NDCG@10 at the configured re-ranking strength; the test events are not used.
+    """
+
+    learning_rate: list[float] = Field([2e-3, 4e-3], description="train.learning_rate values.")
+    text_view_weight: list[float] = Field([0.0, 0.3], description="train.text_view_weight values.")
+    dropout: list[float] = Field([0.2], description="train.dropout values.")
+    max_len: list[int] = Field([50], description="train.max_len values.")
+
+    def trials(self) -> list[dict[str, float | int]]:
+        """Every combination, in a fixed order."""
+        import itertools
+
+        names = ["learning_rate", "text_view_weight", "dropout", "max_len"]
+        values = [getattr(self, name) for name in names]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> SearchSettings:
+        for name in ("learning_rate", "text_view_weight", "dropout", "max_len"):
+            if not getattr(self, name):
+                raise ValueError(f"search.{name} needs at least one value")
+        return self
 
 
 class EvalSettings(_Section):
@@ -181,7 +235,12 @@ class EvalSettings(_Section):
     head_share: float = Field(
         0.2, gt=0, lt=1, description="Share of most popular train items that counts as head."
     )
-    gate_metric: str = Field("valid_ndcg_at_10", description="Metric the champion gate compares.")
+    gate_metric: str = Field(
+        "test_ndcg_at_10",
+        pattern=r"^test_",
+        description="Test metric the champion gate compares; the current champion is re-scored "
+        "on the new run's test cases, so both are measured on the same protocol.",
+    )
     cold_item_share: float = Field(
         0.05,
         ge=0.0,
@@ -264,6 +323,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)

@@ -4,7 +4,13 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
-from tailor.pipeline import EmbeddedItems, embed_items, item_texts_key
+from tailor.pipeline import (
+    EmbeddedItems,
+    PreparedData,
+    embed_items,
+    item_texts_key,
+    tune_text_encoder,
+)
 from tailor.settings import Settings
 from tasks.common import stage_task
 
@@ -33,3 +39,13 @@ def embed_item_texts(items_path: Path, settings: Settings) -> EmbeddedItems:
         result.model_id,
     )
     return result
+
+
+@stage_task()
+def tune_encoder(prepared: PreparedData, settings: Settings) -> Settings:
+    """Settings whose encoder is fine-tuned on this run's training events (when enabled)."""
+    model = tune_text_encoder(prepared, settings)
+    if model == settings.embed.model:
+        return settings
+    get_run_logger().info("item texts will be read by the tuned encoder %s", model)
+    return settings.model_copy(update={"embed": settings.embed.model_copy(update={"model": model})})

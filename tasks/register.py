@@ -2,8 +2,8 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from tailor.pipeline import PreparedData, assemble_bundle
-from tailor.registry import GateDecision, register_bundle
+from tailor.pipeline import PreparedData, assemble_bundle, score_champion
+from tailor.registry import ChampionScore, GateDecision, register_bundle
 from tailor.settings import Settings
 from tailor.tracking import client_for
 from tasks.common import stage_task
@@ -19,6 +19,7 @@ def register_model(
     out_dir: Path,
     run_id: str,
     gate_value: float,
+    champion_score: tuple[str, float] | None = None,
 ) -> GateDecision:
     """Log the bundle as a registered model version; move `champion` if it passes the gate."""
     bundle = assemble_bundle(prepared, vectors_path, model_dir, index_path, settings, out_dir)
@@ -30,6 +31,7 @@ def register_model(
         settings.tracking.champion_alias,
         settings.eval.gate_metric,
         gate_value,
+        champion_score=champion_score,
     )
     get_run_logger().info(
         "registered %s version %s: %s (%s)",
@@ -39,3 +41,24 @@ def register_model(
         decision.reason,
     )
     return decision
+
+
+@stage_task()
+def score_current_champion(prepared: PreparedData, settings: Settings) -> ChampionScore | None:
+    """The champion's metrics on this run's test cases, or None when there is no champion."""
+    from tailor.registry import champion, load_bundle
+
+    client = client_for(settings.tracking_uri)
+    current = champion(client, settings.tracking.model_name, settings.tracking.champion_alias)
+    if current is None:
+        return None
+    version = str(current.version)
+    bundle = load_bundle(settings.tracking_uri, settings.tracking.model_name, version)
+    metrics = score_champion(prepared, bundle.folder, settings)
+    get_run_logger().info(
+        "champion version %s on this run's test cases: %s %.4f",
+        version,
+        settings.eval.gate_metric,
+        metrics.get(settings.eval.gate_metric, float("nan")),
+    )
+    return ChampionScore(version=version, metrics=metrics)

@@ -80,7 +80,7 @@ def test_registered_bundle_round_trips_and_gate_keeps_better_champion(trained, s
     _, folder = trained
     client = client_for(settings.tracking_uri)
     experiment = ensure_experiment(client, "t", settings.artifact_root)
-    name, alias, metric = "m", "champion", "valid_ndcg_at_10"
+    name, alias, metric = "m", "champion", "test_ndcg_at_10"
 
     def register(value):
         run = start_or_resume_run(client, experiment, None, "r")
@@ -94,6 +94,21 @@ def test_registered_bundle_round_trips_and_gate_keeps_better_champion(trained, s
     better = register(0.30)
     assert better.promoted
     assert str(client.get_model_version_by_alias(name, alias).version) == better.version
+
+    # Measured on the same test cases, the champion's fresh score replaces its stored one.
+    run = start_or_resume_run(client, experiment, None, "r")
+    rescored = register_bundle(
+        client, run, folder, name, alias, metric, 0.25, champion_score=(better.version, 0.20)
+    )
+    assert rescored.promoted and rescored.champion_value == 0.20
+    assert "re-scored" in rescored.reason
+    # A champion that moved after it was scored cannot be compared against: kept out.
+    run = start_or_resume_run(client, experiment, None, "r")
+    stale = register_bundle(
+        client, run, folder, name, alias, metric, 0.99, champion_score=(better.version, 0.20)
+    )
+    assert not stale.promoted and "moved" in stale.reason
+    assert str(client.get_model_version_by_alias(name, alias).version) == rescored.version
 
     loaded = load_bundle(settings.tracking_uri, name, first.version)
     assert loaded.item_ids == Bundle(folder).item_ids

@@ -84,8 +84,14 @@ def test_second_run_embeds_nothing_and_both_runs_are_comparable(settings):
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{ease.info.run_id}'"
     )
     assert len(trials) == 5  # the EASE grid, one child run per trial
-    # Equal validation NDCG passes the gate ("not worse").
-    assert second.promoted and second.model_version == "2"
+    # The gate re-scored the champion (version 1, the same model) on the second run's own
+    # test cases through the serving path: it must match what evaluation measured for it.
+    second_run = client.get_run(second.run_id)
+    rescored = second_run.data.metrics["champion.test_ndcg_at_10"]
+    assert rescored == pytest.approx(first.metrics["tailor-seq"]["test_ndcg_at_10"], abs=0.01)
+    assert "re-scored" in second.gate_reason
+    assert second.model_version == "2"
+    assert second.promoted == (second.metrics["tailor-seq"]["test_ndcg_at_10"] >= rescored)
 
 
 def test_task_failing_twice_is_retried_and_run_completes(settings, monkeypatch):
@@ -225,3 +231,41 @@ def test_item_vectors_from_a_file_replace_the_encoder(workdir, rng):
     result = train(settings=settings)
     assert result.n_embedded == 0
     assert result.metrics["tailor-seq"]["test_ndcg_at_10"] >= 0.0
+
+
+def test_tune_flow_makes_one_child_run_per_trial_and_picks_the_best(workdir):
+    from flows.tune import OBJECTIVE, tune
+
+    settings = tiny_settings(
+        workdir, search={"learning_rate": [1e-3, 5e-3], "text_view_weight": [0.0, 0.3]}
+    )
+    result = tune(settings=settings)
+    assert len(result.trials) == 4
+    best = max(result.trials, key=lambda t: t[OBJECTIVE])
+    assert result.best_score == best[OBJECTIVE]
+    assert result.best_params == {
+        k: best[k] for k in ("learning_rate", "text_view_weight", "dropout", "max_len")
+    }
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(settings.tracking.experiment)
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'"
+    )
+    assert len(children) == 4
+    logged = sorted(c.data.metrics[OBJECTIVE] for c in children)
+    assert logged == sorted(t[OBJECTIVE] for t in result.trials)
+    assert {c.data.params["train.learning_rate"] for c in children} == {"0.001", "0.005"}
+    assert "best" in result.table.read_text()
+
+
+def test_train_with_a_tuned_encoder_reports_both_text_baselines(workdir):
+    settings = tiny_settings(
+        workdir, embed={"tuning": {"enabled": True, "epochs": 1}}, train={"text_view_weight": 0.3}
+    )
+    result = train(settings=settings)
+    assert {"text-cosine", "text-cosine-tuned"} <= set(result.metrics)
+    tuned = list((settings.cache_dir / "encoders").iterdir())
+    assert len(tuned) == 1 and (tuned[0] / "config.json").is_file()
+    # The tuned encoder read the texts, so its vectors differ from the pre-trained ones.
+    assert result.metrics["text-cosine"] != result.metrics["text-cosine-tuned"]
+    assert result.promoted

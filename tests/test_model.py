@@ -99,7 +99,8 @@ def test_new_items_borrow_their_text_neighbours_id(rng):
     histories, text = cyclic_task(rng, n_items=30)
     text[7] = text[3]  # item 7 reads exactly like item 3
     histories = [h[h != 7] for h in histories]
-    model = SeqRecommender(text, TrainSettings(epochs=2, dim=16, layers=1, cold_id_neighbours=1))
+    settings = TrainSettings(epochs=2, dim=16, layers=1, cold_id_neighbours=1, text_view_weight=0.0)
+    model = SeqRecommender(text, settings)
     model.fit(histories, seed=0)
     ids = model.net.item_id.weight.detach().numpy()
     np.testing.assert_allclose(ids[7], ids[3])
@@ -111,3 +112,74 @@ def test_early_stopping_patience(rng):
     model = SeqRecommender(text, TrainSettings(epochs=6, dim=16, layers=1, patience=2))
     report = model.fit(histories, seed=0, valid_fn=lambda m: next(scores))
     assert len(report.losses) == 3 and report.best_epoch == 1
+
+
+def test_text_view_scores_new_items_as_calibrated_log_probabilities(rng):
+    import torch
+
+    histories, text = cyclic_task(rng, n_items=30)
+    text[7] = text[3]  # item 7 reads exactly like item 3 ...
+    histories = [h[h != 7] for h in histories]  # ... and is new: no training event
+    settings = TrainSettings(
+        epochs=30,
+        dim=32,
+        layers=1,
+        max_len=8,
+        dropout=0.0,
+        learning_rate=5e-3,
+        text_view_weight=0.5,
+    )
+    model = SeqRecommender(text, settings)
+    model.fit(histories, seed=0)
+    items = model.item_vectors()
+    assert items.shape == (30, 33) and model.vector_dim == 33
+    assert items[:, -1].tolist() == [float(i == 7) for i in range(30)]
+
+    # Users who just saw item 2 go to item 3 next; item 7 reads like 3, so it ranks near it.
+    users = [np.array([0, 1, 2]), np.array([29, 0, 1, 2])]
+    scores = model.score(users)
+    for row in scores:
+        assert 7 in np.argsort(-row)[:3]
+
+    # The score of a new item is its text-view log-probability, a warm item's the full view's
+    # (both up to the same per-user constant).
+    with torch.no_grad():
+        net = model.net.eval()
+        text_part = net.text_matrix()
+        full = net.item_matrix(text_part=text_part)
+        seqs = torch.as_tensor(left_pad(users, settings.max_len))
+        h = net.encode(seqs, full)[:, -1]
+        trained = net.trained
+        log_p_full = h @ full.T - torch.logsumexp(h @ full[trained].T, dim=1, keepdim=True)
+        log_p_text = h @ text_part.T - torch.logsumexp(h @ text_part[trained].T, 1, keepdim=True)
+    expected_gap = (log_p_text[:, 7] - log_p_full[:, 3]).numpy()
+    np.testing.assert_allclose(scores[:, 7] - scores[:, 3], expected_gap, atol=1e-4)
+
+
+def test_text_view_off_keeps_plain_vectors(rng):
+    histories, text = cyclic_task(rng, n_items=30)
+    model = SeqRecommender(text, TrainSettings(epochs=1, dim=16, layers=1, text_view_weight=0))
+    model.fit(histories, seed=0)
+    assert model.item_vectors().shape == (30, 16) and model.user_vectors(histories).shape[1] == 16
+
+
+def test_ensemble_scores_the_mean_of_its_members_and_round_trips(tmp_path, rng):
+    from tailor.model import EnsembleRecommender, load_recommender
+
+    histories, text = cyclic_task(rng, n_items=30)
+    histories = [h[h != 7] for h in histories]  # one new item, so the text-view column exists
+    settings = TrainSettings(epochs=2, dim=16, layers=1, max_len=6, text_view_weight=0.3)
+    a, b = SeqRecommender(text, settings, seed=1), SeqRecommender(text, settings, seed=2)
+    a.fit(histories, seed=1)
+    b.fit(histories, seed=2)
+    both = EnsembleRecommender([a, b])
+    users = histories[:4]
+    expected = (a.score(users) + b.score(users)) / 2
+    np.testing.assert_allclose(both.score(users), expected, rtol=1e-5, atol=1e-5)
+    assert both.item_vectors().shape == (30, 2 * 17) and both.vector_dim == 34
+    both.save(tmp_path / "ens")
+    again = load_recommender(tmp_path / "ens", text, device="cpu")
+    assert isinstance(again, EnsembleRecommender) and len(again.members) == 2
+    np.testing.assert_allclose(again.score(users), expected, rtol=1e-5, atol=1e-5)
+    a.save(tmp_path / "one")
+    assert isinstance(load_recommender(tmp_path / "one", text, device="cpu"), SeqRecommender)
