@@ -330,13 +330,12 @@ def run_search_trial(
     popularity = item_popularity(np.concatenate(hist.train), hist.n_items)
     valid_history = hist.valid_history()
 
-    def objective(model: SeqRecommender) -> float:
-        return _ndcg_at_10(
-            rank_items(model, valid_history, trial_settings, popularity), hist.valid_targets
-        )
+    def stop_on(model: SeqRecommender) -> float:
+        # The same early-stopping score as `fine_tune`, so a trial is the model it would train.
+        return _ndcg_at_10(rank_items(model, valid_history, trial_settings), hist.valid_targets)
 
     model = SeqRecommender(text_vectors, train_settings, seed=settings.seed)
-    report = model.fit(hist.train, seed=settings.seed, valid_fn=objective)
+    report = model.fit(hist.train, seed=settings.seed, valid_fn=stop_on)
     top = rank_items(model, valid_history, trial_settings, popularity)
     found = ranking_metrics(
         top,
