@@ -96,8 +96,8 @@ def main() -> int:
         lambda: build_item_index(tuned.model_dir, embedded.vectors, settings, out),
     )
     evaluation = stage(
-        "evaluate (3 models x 2 splits)",
-        lambda: evaluate_models(prepared, embedded.vectors, tuned.model_dir, settings, out),
+        f"evaluate (model + {len(settings.eval.baselines)} tuned baselines, valid/test/cold)",
+        lambda: evaluate_models(prepared, embedded.vectors, tuned, settings, out),
     )
     bundle_dir = assemble_bundle(
         prepared, embedded.vectors, tuned.model_dir, index_path, settings, out
