@@ -27,30 +27,21 @@ log = logging.getLogger(__name__)
 def collaborative_neighbours(
     histories: Sequence[np.ndarray], n_items: int, k: int
 ) -> list[np.ndarray]:
-    """Per item, its `k` most cosine-similar items by the set of users who chose it.
+    """Per item, its `k` most cosine-similar items by the set of users who chose it, best first.
 
+    The item-kNN baseline's neighbourhoods without shrinkage (ties to the lower item index).
     Items without events get an empty array.
     """
-    from scipy import sparse
+    from tailor.baselines import ItemKNN
 
-    rows = np.concatenate([np.full(len(h), u) for u, h in enumerate(histories)])
-    cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
-    matrix = sparse.csr_matrix(
-        (np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(histories), n_items)
-    )
-    matrix.data[:] = 1.0  # repeated events count once
-    norms = np.sqrt(np.asarray(matrix.power(2).sum(axis=0))).ravel()
-    cooc = (matrix.T @ matrix).toarray()
-    sims = cooc / np.clip(np.outer(norms, norms), 1e-9, None)
-    np.fill_diagonal(sims, -1.0)
+    # Cosine is symmetric, so column j of the kept similarities lists j's neighbours.
+    kept = ItemKNN(neighbours=k, shrink=0.0).fit(histories, n_items).similarity.tocsc()
     out = []
     for item in range(n_items):
-        if norms[item] == 0:
-            out.append(np.zeros(0, dtype=np.int64))
-            continue
-        top = np.argpartition(-sims[item], min(k, n_items - 1) - 1)[:k]
-        top = top[sims[item, top] > 0]
-        out.append(top[np.argsort(-sims[item, top], kind="stable")].astype(np.int64))
+        rows = kept.indices[kept.indptr[item] : kept.indptr[item + 1]]
+        sims = kept.data[kept.indptr[item] : kept.indptr[item + 1]]
+        order = np.lexsort((rows, -sims))
+        out.append(rows[order].astype(np.int64))
     return out
 
 
