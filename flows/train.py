@@ -13,8 +13,8 @@ from tailor.settings import Settings
 from tailor.tracking import log_artifact, log_metrics, log_params
 from tasks.data import clean_data
 from tasks.embed import embed_item_texts, tune_encoder
-from tasks.evaluate import evaluate
-from tasks.register import register_model, score_current_champion
+from tasks.evaluate import evaluate, evaluate_live_cold_start
+from tasks.register import bundle_model, register_model, score_current_champion
 from tasks.train import build_index, fine_tune_model
 
 
@@ -26,6 +26,7 @@ class TrainResult(BaseModel):
     gate_reason: str
     metrics: dict[str, dict[str, float]]
     significance: dict[str, dict[str, float | str]]
+    live: dict[str, float]  # cold start through the service path (`tailor.pipeline.ColdStart`)
     n_embedded: int
     n_reused: int
 
@@ -83,6 +84,15 @@ def train(
         for path in (evaluation.table, evaluation.plot, evaluation.tradeoff, evaluation.sample):
             log_artifact(client, run_id, path, "evaluation")
 
+        # Bundled with the settings that name the encoder actually used (a tuned one, if any),
+        # so the service embeds queries and new items into the same space.
+        bundle = bundle_model(
+            prepared, embedded.vectors, tuned.model_dir, index_path, embed_settings, out_dir
+        )
+        cold_start = evaluate_live_cold_start(prepared, bundle, settings, out_dir / "cold_start")
+        log_metrics(client, run_id, cold_start.metrics, prefix="live.")
+        log_artifact(client, run_id, cold_start.table, "evaluation")
+
         gate_value = primary.get(settings.eval.gate_metric, float("nan"))
         current = score_current_champion(prepared, settings)
         champion_score = None
@@ -92,24 +102,19 @@ def train(
                 current.version,
                 current.metrics.get(settings.eval.gate_metric, float("nan")),
             )
-        decision = register_model(
-            prepared,
-            embedded.vectors,
-            tuned.model_dir,
-            index_path,
-            settings,
-            out_dir,
-            run_id,
-            gate_value,
-            champion_score,
-        )
+        decision = register_model(bundle, settings, run_id, gate_value, champion_score)
         client.set_tag(run_id, "model_version", decision.version)
         client.set_tag(run_id, "promoted", str(decision.promoted))
         client.set_tag(run_id, "gate", decision.reason)
 
         create_markdown_artifact(
             key="train-summary",
-            markdown=_summary_markdown(settings, run_id, decision, evaluation.table.read_text()),
+            markdown=_summary_markdown(
+                settings,
+                run_id,
+                decision,
+                evaluation.table.read_text() + "\n" + cold_start.table.read_text(),
+            ),
             description="Metrics of this training run against the baselines",
         )
         return TrainResult(
@@ -120,6 +125,7 @@ def train(
             gate_reason=decision.reason,
             metrics=evaluation.metrics,
             significance=evaluation.significance,
+            live=cold_start.metrics,
             n_embedded=n_embedded,
             n_reused=n_reused,
         )

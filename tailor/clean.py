@@ -279,8 +279,13 @@ def clean_interactions(
     source: str,
     known_items: pl.Series,
     timestamp_format: str | None,
+    allow_empty: bool = False,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Typed interactions of known items, sorted by user then time; and their quarantine."""
+    """Typed interactions of known items, sorted by user then time; and their quarantine.
+
+    `allow_empty` is for an optional extra source (the live log), whose rejects must still
+    reach the quarantine instead of stopping the run.
+    """
     _require(interactions, [C.USER_ID, C.ITEM_ID, C.TIMESTAMP], "interactions", source)
     original = _as_text(interactions)
     has_weight = C.WEIGHT in original.columns
@@ -319,7 +324,7 @@ def clean_interactions(
         .sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
     )
     _log_counts("interactions", source, interactions.height, clean.height, counts)
-    if clean.height == 0:
+    if clean.height == 0 and not allow_empty:
         raise _no_valid_rows("interactions", source, interactions.height, counts)
     return clean, quarantine
 
@@ -357,17 +362,40 @@ def _report_entry(source: str, rows_in: int, rows_out: int, quarantine: pl.DataF
     return {"file": source, "rows_in": rows_in, "rows_out": rows_out, "rejected": rejected}
 
 
+def merge_live_items(items: pl.DataFrame, live: pl.DataFrame) -> pl.DataFrame:
+    """Items with the live log's texts applied: known ids get the new text and label, new ids
+    are added (their other fields empty); sorted by id like `clean_items`' output."""
+    if live.is_empty():
+        return items
+    live = live.select(C.ITEM_ID, C.TEXT, C.LABEL).unique(C.ITEM_ID, keep="last")
+    updated = items.update(live, on=C.ITEM_ID)
+    new = live.filter(~pl.col(C.ITEM_ID).is_in(items[C.ITEM_ID].implode()))
+    merged = pl.concat([updated, new], how="diagonal_relaxed")
+    return merged.sort(C.ITEM_ID, maintain_order=True)
+
+
 def clean_all(
     raw: RawData,
     timestamp_format: str | None = None,
     item_vectors: pl.DataFrame | None = None,
+    live_items: pl.DataFrame | None = None,
+    live_events: pl.DataFrame | None = None,
+    live_source: str = "live log",
 ) -> CleanData:
-    """Clean items first (interactions are checked against them), then interactions and users."""
+    """Clean items first (interactions are checked against them), then interactions and users.
+
+    `live_items` (item_id, text, label) and `live_events` (user_id, item_id, timestamp, weight)
+    come from the service's live log (`tailor.livelog`): items are applied over the file's,
+    events are cleaned as a second source with their own report entry and quarantine rows.
+    """
     src_items = raw.sources.get("items", "items")
     src_inter = raw.sources.get("interactions", "interactions")
     items, q_items = clean_items(
         raw.items, src_items, raw.text_template, raw.label_template, item_vectors
     )
+    n_file_items = items.height
+    if live_items is not None and not live_items.is_empty():
+        items = merge_live_items(items, live_items)
     interactions, q_inter = clean_interactions(
         raw.interactions, src_inter, items.get_column(C.ITEM_ID), timestamp_format
     )
@@ -375,9 +403,33 @@ def clean_all(
         "interactions": _report_entry(
             src_inter, raw.interactions.height, interactions.height, q_inter
         ),
-        "items": _report_entry(src_items, raw.items.height, items.height, q_items),
+        "items": _report_entry(src_items, raw.items.height, n_file_items, q_items),
     }
     quarantines = [q_inter, q_items]
+    if live_items is not None and not live_items.is_empty():
+        report["live_items"] = {
+            "file": f"{live_source} (items)",
+            "rows_in": live_items.height,
+            "rows_out": live_items.height,
+            "rejected": {},
+        }
+    if live_events is not None and not live_events.is_empty():
+        src_live = f"{live_source} (events)"
+        # The log stores typed UTC times: read them as ISO text, whatever the file's format.
+        as_text = live_events.select(
+            pl.col(C.USER_ID),
+            pl.col(C.ITEM_ID),
+            pl.col(C.TIMESTAMP).dt.strftime("%Y-%m-%dT%H:%M:%S%.f%:z"),
+            pl.col(C.WEIGHT).cast(pl.Utf8),
+        )
+        live, q_live = clean_interactions(
+            as_text, src_live, items.get_column(C.ITEM_ID), None, allow_empty=True
+        )
+        report["live_events"] = _report_entry(src_live, as_text.height, live.height, q_live)
+        quarantines.append(q_live)
+        interactions = pl.concat([interactions, live], how="diagonal_relaxed").sort(
+            [C.USER_ID, C.TIMESTAMP], maintain_order=True
+        )
     users = None
     if raw.users is not None:
         src_users = raw.sources.get("users", "users")

@@ -95,6 +95,40 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from tailor.server import create_app
+
+    settings = _prepare(args)
+    serve = {}
+    for name in ("host", "port", "model_version", "poll_seconds"):
+        value = getattr(args, name, None)
+        if value is not None:
+            serve[name] = value
+    if serve:
+        settings = settings.model_copy(
+            update={
+                "serve": settings.serve.model_validate({**settings.serve.model_dump(), **serve})
+            }
+        )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    s = settings.serve
+    print(f"tailor serve: http://{s.host}:{s.port}  (docs at /docs, readiness at /ready)")
+    uvicorn.run(
+        create_app(settings),
+        host=s.host,
+        port=s.port,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
 def cmd_where(args: argparse.Namespace) -> int:
     _print_where(_settings(args))
     return 0
@@ -124,6 +158,18 @@ def _print_train(result, settings) -> None:
         print(
             f"   {claim}: {sig['ratio']:.2f}x {sig['vs']}, 95 % interval of the gain "
             f"[{sig['low']:+.4f}, {sig['high']:+.4f}] ({verdict})"
+        )
+    live = result.live
+    if "new_user_recall_at_20" in live:
+        print(
+            f"   new users (profile only): recall@20 {live['new_user_recall_at_20']:.4f} vs "
+            f"most-popular {live['new_user_popular_recall_at_20']:.4f}"
+        )
+    if "inserted_cold_recall_at_20" in live:
+        print(
+            f"   new items inserted like the service does: cold recall@20 "
+            f"{live['inserted_cold_recall_at_20']:.4f} (in the bundle: "
+            f"{live['bundle_cold_recall_at_20']:.4f})"
         )
     print(f"   outputs: {result.out_dir}")
 
@@ -181,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("user_id")
     rec.add_argument("-k", type=int, default=None, help="how many (default: all stored)")
     rec.set_defaults(func=cmd_recommend)
+    serve = sub.add_parser("serve", parents=[common], help="start the real-time HTTP service")
+    serve.add_argument("--host", help="interface (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, help="TCP port (default 8000)")
+    serve.add_argument("--model-version", help="serve this version (default: follow the champion)")
+    serve.add_argument("--poll-seconds", type=float, help="how often to check the alias")
+    serve.set_defaults(func=cmd_serve)
     sub.add_parser("where", parents=[common], help="print where outputs and UIs are").set_defaults(
         func=cmd_where
     )

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,8 @@ class SeqRecommender:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = SeqRecNet(self.config, self.text_vectors).to(self.device)
+        # (text view, item matrix) cached for serving by `freeze`; None while weights may move.
+        self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fit(
         self,
@@ -328,8 +330,72 @@ class SeqRecommender:
         """Width of `user_vectors` and `item_vectors` (one more with the text view)."""
         return self.config.dim + int(self.config.text_view)
 
+    def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._frozen is not None:
+            return self._frozen
+        text_part = self.net.text_matrix()
+        return text_part, self.net.item_matrix(text_part=text_part)
+
     @torch.inference_mode()
-    def item_vectors(self) -> np.ndarray:
+    def freeze(self) -> None:
+        """Compute the item matrices once and reuse them for every later call (serving).
+
+        Recomputing the adapter over the whole catalogue costs milliseconds per request; a
+        frozen model pays it once. Never freeze a model that is still being trained.
+        """
+        self.net.eval()
+        self._frozen = None
+        self._frozen = self._matrices()
+
+    @torch.inference_mode()
+    def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
+        """Append items known only by their text; returns their positions.
+
+        They have no training events, so they get a zero id embedding and are scored by the
+        text view, exactly like the cold items of the offline protocol.
+        """
+        new = torch.as_tensor(np.asarray(text_vectors, dtype=np.float32), device=self.device)
+        if new.ndim != 2 or new.shape[1] != self.config.text_dim:
+            raise ValueError(
+                f"need (n, {self.config.text_dim}) text vectors, got {tuple(new.shape)}"
+            )
+        start, n = self.n_items, len(new)
+        net = self.net
+        net.text = torch.cat([net.text, new])
+        net.trained = torch.cat([net.trained, torch.zeros(n, dtype=torch.bool, device=self.device)])
+        if net.item_id is not None:
+            grown = nn.Embedding(start + n, self.config.dim).to(self.device)
+            grown.weight.zero_()
+            grown.weight[:start] = net.item_id.weight
+            net.item_id = grown
+        self.text_vectors = np.concatenate([self.text_vectors, new.cpu().numpy()])
+        self.n_items = start + n
+        self.config = replace(self.config, n_items=self.n_items)
+        if self._frozen is not None:
+            text_part = net.adapter(new)
+            self._frozen = (
+                torch.cat([self._frozen[0], text_part]),
+                torch.cat([self._frozen[1], text_part]),  # zero id part
+            )
+        return np.arange(start, start + n, dtype=np.int64)
+
+    @torch.inference_mode()
+    def update_item_texts(self, positions: np.ndarray, text_vectors: np.ndarray) -> None:
+        """Give known items a new text (a changed title or description); ids are kept."""
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=self.device)
+        new = torch.as_tensor(np.asarray(text_vectors, dtype=np.float32), device=self.device)
+        self.net.text[pos] = new
+        self.text_vectors[np.asarray(positions)] = new.cpu().numpy()
+        if self._frozen is not None:
+            text_part = self.net.adapter(new)
+            items = text_part
+            if self.net.item_id is not None:
+                items = text_part + self.net.item_id.weight[pos]
+            self._frozen[0][pos] = text_part
+            self._frozen[1][pos] = items
+
+    @torch.inference_mode()
+    def item_vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
         """What the index holds; the user vector's inner product with it is the score.
 
         With the text view, an item without training events is its text-view vector plus a
@@ -337,19 +403,20 @@ class SeqRecommender:
         log-normalisers, so every score is a log-probability of the view that knows the item.
         """
         self.net.eval()
-        text_part = self.net.text_matrix()
-        items = self.net.item_matrix(text_part=text_part)
+        text_part, items = self._matrices()
+        cold = ~self.net.trained
+        if positions is not None:
+            pos = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=self.device)
+            text_part, items, cold = text_part[pos], items[pos], cold[pos]
         if not self.config.text_view:
             return items.float().cpu().numpy()
-        cold = ~self.net.trained
         items = torch.where(cold.unsqueeze(1), text_part, items)
         return torch.cat([items, cold.unsqueeze(1).to(items.dtype)], dim=1).float().cpu().numpy()
 
     @torch.inference_mode()
     def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
         self.net.eval()
-        text_part = self.net.text_matrix()
-        items = self.net.item_matrix(text_part=text_part)
+        text_part, items = self._matrices()
         trained = self.net.trained
         out = np.zeros((len(histories), self.vector_dim), dtype=np.float32)
         for start in range(0, len(histories), batch):
@@ -413,8 +480,25 @@ class EnsembleRecommender:
         parts = [m.user_vectors(histories, batch) for m in self.members]
         return np.concatenate(parts, axis=1) / len(self.members)
 
-    def item_vectors(self) -> np.ndarray:
-        return np.concatenate([m.item_vectors() for m in self.members], axis=1)
+    def item_vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
+        return np.concatenate([m.item_vectors(positions) for m in self.members], axis=1)
+
+    @property
+    def n_items(self) -> int:
+        return self.members[0].n_items
+
+    def freeze(self) -> None:
+        for member in self.members:
+            member.freeze()
+
+    def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
+        positions = [m.add_items(text_vectors) for m in self.members]
+        self.config = self.members[0].config
+        return positions[0]
+
+    def update_item_texts(self, positions: np.ndarray, text_vectors: np.ndarray) -> None:
+        for member in self.members:
+            member.update_item_texts(positions, text_vectors)
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         return self.user_vectors(histories) @ self.item_vectors().T

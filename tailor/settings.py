@@ -307,6 +307,61 @@ class TrackingSettings(_Section):
     champion_alias: str = Field("champion", description="Alias the promotion gate moves.")
 
 
+class ServeSettings(_Section):
+    """The real-time service (`tailor serve`): limits, blending and where live data goes."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    model_version: str | None = Field(
+        None,
+        description="Serve this registered version; None = the champion alias, followed "
+        "when it moves.",
+    )
+    poll_seconds: float = Field(
+        30.0, ge=0.0, description="How often to check whether the alias moved; 0 = never."
+    )
+    live_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the live log (inserted items, feedback events) that "
+        "the next nightly run reads; None = SQLite file in the workdir.",
+    )
+    query_weight: float = Field(
+        10.0,
+        ge=0.0,
+        le=100.0,
+        description="Weight of the query's text similarity against the model's log-probability "
+        "score (a cosine of 0.1 is worth one log-probability unit at 10).",
+    )
+    profile_fields: list[str] = Field(
+        ["age", "gender", "occupation"],
+        description="User-file columns that make a profile text; missing ones are ignored.",
+    )
+    profile_neighbours: int = Field(
+        100, ge=1, description="Known users with the closest profile text a new user borrows from."
+    )
+    profile_prior: float = Field(
+        25.0,
+        ge=0.0,
+        description="Pseudo-users of global popularity mixed into the neighbours' shares.",
+    )
+    max_k: int = Field(100, ge=1, description="Largest k a request may ask for.")
+    max_session_items: int = Field(200, ge=1, description="Most session items per request.")
+    max_exclude_items: int = Field(1000, ge=0, description="Most excluded items per request.")
+    max_query_chars: int = Field(1000, ge=1, description="Longest query or profile value.")
+    max_item_text_chars: int = Field(10_000, ge=1, description="Longest item text accepted.")
+    max_items_per_request: int = Field(100, ge=1, description="Most items per insert request.")
+    max_events_per_request: int = Field(1000, ge=1, description="Most events per request.")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Larger request bodies are refused with 413."
+    )
+    query_cache_size: int = Field(
+        10_000, ge=0, description="Query and profile texts whose vectors are kept in memory."
+    )
+    torch_threads: int = Field(
+        1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."
+    )
+
+
 class Settings(BaseSettings):
     """Everything a run needs. See each section for its fields and defaults."""
 
@@ -327,6 +382,7 @@ class Settings(BaseSettings):
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     # Derived locations, so every stage agrees on where things live.
     @property
@@ -352,6 +408,12 @@ class Settings(BaseSettings):
         if self.refresh.store_url:
             return self.refresh.store_url
         return f"sqlite:///{self.workdir.resolve() / 'recommendations.db'}"
+
+    @property
+    def live_url(self) -> str:
+        if self.serve.live_url:
+            return self.serve.live_url
+        return f"sqlite:///{self.workdir.resolve() / 'live.db'}"
 
     def flat(self) -> dict[str, Any]:
         """Settings as dotted keys, for MLflow params."""

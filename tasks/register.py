@@ -10,19 +10,27 @@ from tasks.common import stage_task
 
 
 @stage_task()
-def register_model(
+def bundle_model(
     prepared: PreparedData,
     vectors_path: Path,
     model_dir: Path,
     index_path: Path,
     settings: Settings,
     out_dir: Path,
+) -> Path:
+    """Everything serving needs in one folder (its settings name the encoder to use)."""
+    return assemble_bundle(prepared, vectors_path, model_dir, index_path, settings, out_dir)
+
+
+@stage_task()
+def register_model(
+    bundle: Path,
+    settings: Settings,
     run_id: str,
     gate_value: float,
     champion_score: tuple[str, float] | None = None,
 ) -> GateDecision:
     """Log the bundle as a registered model version; move `champion` if it passes the gate."""
-    bundle = assemble_bundle(prepared, vectors_path, model_dir, index_path, settings, out_dir)
     decision = register_bundle(
         client_for(settings.tracking_uri),
         run_id,

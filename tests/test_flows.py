@@ -36,6 +36,11 @@ def test_train_and_refresh_end_to_end(settings):
     assert "text-cosine.test_ndcg_at_10" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/long_tail.png", "evaluation/evaluation.md"} <= artifacts
+    assert "evaluation/cold_start.md" in artifacts
+    # Held-out items inserted through the service path score as they do from the bundle.
+    live = result.train.live
+    assert live["inserted_cold_recall_at_20"] == live["bundle_cold_recall_at_20"]
+    assert run.data.metrics["live.inserted_cold_recall_at_20"] == live["inserted_cold_recall_at_20"]
     assert any(
         a.path.endswith("cleaning_report.json")
         for a in client.list_artifacts(run.info.run_id, "cleaning")

@@ -1,0 +1,223 @@
+"""The stateful side of `tailor serve`, without HTTP: load, reload, and the operations.
+
+Threading contract (the server keeps it): `load`, `champion_version` and `build` are slow and
+run in worker threads; every other method runs on the event loop, one at a time, so the live
+model and state are never read while being changed and need no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+
+from tailor import columns as C
+from tailor.live import (
+    LiveModel,
+    LiveQuery,
+    LiveResult,
+    LiveState,
+    TextVectors,
+    build_live_model,
+    check_encoder,
+    has_text_space,
+    load_live_state,
+    recommend,
+)
+from tailor.livelog import LiveEvent, LiveItem, LiveLog
+from tailor.settings import EmbedSettings, Settings
+from tailor.store import RecommendationStore
+
+log = logging.getLogger(__name__)
+
+
+class UnknownItemsError(ValueError):
+    """Item ids the served catalogue does not have; nothing was applied."""
+
+    def __init__(self, items: Sequence[str]) -> None:
+        self.items = list(items)
+        shown = ", ".join(repr(i) for i in self.items[:20])
+        more = f" and {len(self.items) - 20} more" if len(self.items) > 20 else ""
+        super().__init__(f"unknown item ids: {shown}{more}")
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    model_version: str | None
+    reason: str
+    items: int = 0
+    users: int = 0
+    loaded_at: str | None = None
+
+
+class Service:
+    def __init__(self, settings: Settings, model_version: str | None = None) -> None:
+        self.settings = settings
+        self.pinned = model_version or settings.serve.model_version
+        self.live_log = LiveLog(settings.live_url)
+        self.store = RecommendationStore(settings.store_url)
+        self.state: LiveState | None = None
+        self.model: LiveModel | None = None
+        self.texts: TextVectors | None = None
+        self.error: str = "loading"
+        self.loaded_at: str | None = None
+        # Vectors of items inserted while this process runs, so a reload re-inserts them
+        # into the new version without encoding them again.
+        self._inserted: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------ loading (worker threads)
+
+    def _client(self):
+        from tailor.tracking import client_for
+
+        return client_for(self.settings.tracking_uri)
+
+    def champion_version(self) -> str:
+        from tailor.registry import resolve_version
+
+        t = self.settings.tracking
+        return resolve_version(self._client(), t.model_name, t.champion_alias, self.pinned)
+
+    def _texts_for(self, bundle) -> TextVectors:
+        embed = EmbedSettings.model_validate(bundle.settings.get("embed", {}))
+        embed = embed.model_copy(update={"device": "auto"})
+        from tailor.embed import encoder_id
+
+        if self.texts is not None and self.texts.model_id == encoder_id(embed):
+            return self.texts
+        texts = TextVectors(embed, self.settings.serve.query_cache_size)
+        if has_text_space(bundle):
+            check_encoder(texts, bundle)
+        return texts
+
+    def load(self) -> None:
+        """First load: the version to serve, the state (data + live log), the live model."""
+        import torch
+
+        from tailor.registry import load_bundle
+
+        torch.set_num_threads(self.settings.serve.torch_threads)
+        started = time.perf_counter()
+        version = self.champion_version()
+        t = self.settings.tracking
+        bundle = load_bundle(self.settings.tracking_uri, t.model_name, version)
+        texts = self._texts_for(bundle)
+        state = load_live_state(self.settings)
+        state.embed_profiles(texts, self.settings.serve.profile_fields)
+        model = build_live_model(bundle, version, self.settings, state, texts)
+        self.texts, self.state, self.model = texts, state, model
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.error = ""
+        log.info(
+            "serving model version %s: %d items, %d users (loaded in %.1f s)",
+            version,
+            model.n_items,
+            len(state.histories),
+            time.perf_counter() - started,
+        )
+
+    def build(self, version: str, snapshot: LiveState) -> tuple[LiveModel, TextVectors]:
+        """A live model of another version over a snapshot of the state (not yet served)."""
+        from tailor.registry import load_bundle
+
+        t = self.settings.tracking
+        bundle = load_bundle(self.settings.tracking_uri, t.model_name, version)
+        texts = self._texts_for(bundle)
+        if texts is not self.texts:
+            snapshot.embed_profiles(texts, self.settings.serve.profile_fields)
+        return build_live_model(bundle, version, self.settings, snapshot, texts), texts
+
+    # ------------------------------------------------------------ event loop
+
+    def readiness(self) -> Readiness:
+        if self.model is None or self.state is None:
+            return Readiness(False, None, self.error or "loading")
+        return Readiness(
+            True,
+            self.model.version,
+            "serving",
+            items=self.model.n_items,
+            users=len(self.state.histories),
+            loaded_at=self.loaded_at,
+        )
+
+    def swap(self, model: LiveModel, texts: TextVectors) -> None:
+        """Serve `model` from now on, after giving it what arrived while it was being built."""
+        assert self.state is not None
+        if texts is not self.texts:
+            self.state.embed_profiles(texts, self.settings.serve.profile_fields)
+        pending = [
+            (item, text, label)
+            for item, (text, label) in self.state.items.items()
+            if model.text_of(item) != text
+        ]
+        if pending and model.text_space:
+            cached = [self._inserted.get(item) for item, _, _ in pending]
+            if texts is self.texts and all(v is not None for v in cached):
+                vectors = np.stack(cached)
+            else:
+                vectors = texts.encode([text for _, text, _ in pending])
+            model.upsert_items(pending, vectors)
+        model.build_profiles(self.state)
+        previous = None if self.model is None else self.model.version
+        self.model, self.texts = model, texts
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        log.info("now serving model version %s (was %s)", model.version, previous)
+
+    def request_texts(self, query: LiveQuery) -> list[str]:
+        assert self.state is not None
+        return query.texts(self.state, self.settings.serve.profile_fields)
+
+    def recommend(self, query: LiveQuery, vectors: dict[str, np.ndarray]) -> LiveResult:
+        assert self.model is not None and self.state is not None
+        return recommend(self.model, self.state, query, vectors)
+
+    def upsert_items(
+        self, items: Sequence[LiveItem], vectors: np.ndarray
+    ) -> tuple[list[str], list[str]]:
+        """Persist first, then serve: an item answered as inserted survives a restart."""
+        assert self.model is not None and self.state is not None
+        self.live_log.upsert_items(items)
+        rows = [(i.item_id, i.text, i.label) for i in items]
+        inserted, updated = self.model.upsert_items(rows, vectors)
+        for item, vector in zip(items, vectors, strict=True):
+            self.state.items[item.item_id] = (item.text, item.label)
+            self._inserted[item.item_id] = np.asarray(vector, dtype=np.float32)
+        return inserted, updated
+
+    def add_events(self, events: Sequence[LiveEvent]) -> int:
+        """Validate, persist, then apply to each user's history (their session) at once."""
+        assert self.model is not None and self.state is not None
+        unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
+        if unknown:
+            raise UnknownItemsError(unknown)
+        self.live_log.append_events(events)
+        for e in sorted(events, key=lambda e: e.timestamp):
+            self.state.histories.setdefault(e.user_id, []).append(e.item_id)
+        return len(events)
+
+    def precomputed(self, user_id: str, k: int) -> pl.DataFrame:
+        return self.store.read(user_id, limit=k)
+
+    def item(self, item_id: str) -> dict | None:
+        assert self.model is not None
+        pos = self.model.position.get(item_id)
+        if pos is None:
+            return None
+        return {
+            C.ITEM_ID: item_id,
+            C.LABEL: self.model.labels[pos],
+            C.TEXT: self.model.texts[pos],
+            "new": bool(self.model.new[pos]),
+            "tail": bool(self.model.is_tail[pos]),
+        }
+
+    def close(self) -> None:
+        self.live_log.dispose()
+        self.store.dispose()

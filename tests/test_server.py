@@ -1,0 +1,384 @@
+"""The real-time service: the real app in-process (TestClient) and one real server on loopback.
+
+One tiny model is trained and refreshed by the real flows for the whole module; each test gets
+its own live log, so items and events posted by one test never reach another.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tailor.live import profile_text
+from tailor.livelog import LiveLog
+from tailor.pipeline import clean_sources
+from tailor.server import create_app
+from tailor.settings import Settings
+from tailor.store import RecommendationStore
+from tests.conftest import tiny_settings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+SERVE = {"poll_seconds": 0, "profile_fields": ["interests"], "max_body_bytes": 4096}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mlflow_template) -> Path:
+    """A workdir with a registered champion and a published store, made by the real flows."""
+    from flows.pipeline import train_and_refresh
+
+    work = tmp_path_factory.mktemp("served") / "work"
+    work.mkdir()
+    shutil.copy(mlflow_template, work / "mlflow.db")
+    train_and_refresh(settings=tiny_settings(work))
+    return work
+
+
+@pytest.fixture
+def settings_for(trained, tmp_path):
+    """Settings over the trained workdir with a live log of this test's own."""
+
+    def make(**serve) -> Settings:
+        return tiny_settings(
+            trained,
+            serve={**SERVE, "live_url": f"sqlite:///{tmp_path / 'live.db'}", **serve},
+        )
+
+    return make
+
+
+def _wait_ready(client, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get("/ready")
+        if r.status_code == 200:
+            return r.json()
+        assert time.monotonic() < deadline, f"not ready: {r.json()}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def client(settings_for):
+    with TestClient(create_app(settings_for())) as c:
+        _wait_ready(c)
+        yield c
+
+
+def _known_user(settings: Settings) -> tuple[str, list[str]]:
+    clean = clean_sources(settings)
+    first = clean.interactions.row(0, named=True)["user_id"]
+    items = clean.interactions.filter(clean.interactions["user_id"] == first)["item_id"].to_list()
+    return first, items
+
+
+def test_health_readiness_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["ready"] is True
+    assert ready["model_version"] == "1"
+    assert ready["items"] == 80 and ready["users"] == 60
+    spec = client.get("/openapi.json").json()
+    assert {"/recommend", "/items", "/events", "/users/{user_id}/recommendations"} <= set(
+        spec["paths"]
+    )
+    # The deployment's limits are part of the published contract.
+    k = spec["components"]["schemas"]["RecommendRequest"]["properties"]["k"]
+    assert k["maximum"] == 100
+
+
+def test_precomputed_list_is_the_published_one(client, settings_for):
+    settings = settings_for()
+    store = RecommendationStore(settings.store_url)
+    try:
+        user = store.users()[0]
+        expected = store.read(user)["item_id"].to_list()
+    finally:
+        store.dispose()
+    body = client.get(f"/users/{user}/recommendations", params={"k": 3}).json()
+    assert [i["item_id"] for i in body["items"]] == expected[:3]
+    assert [i["rank"] for i in body["items"]] == [1, 2, 3]
+    missing = client.get("/users/nobody/recommendations")
+    assert missing.status_code == 404
+    assert "POST /recommend" in missing.json()["detail"]
+
+
+def test_live_recommendations_from_history_session_query_and_profile(client, settings_for):
+    settings = settings_for()
+    user, seen = _known_user(settings)
+
+    # Strength 0: the model's own order (the default re-ranks a little towards the tail).
+    by_user = client.post("/recommend", json={"user_id": user, "k": 10, "tail_strength": 0}).json()
+    assert by_user["basis"] == ["history"]
+    ids = [i["item_id"] for i in by_user["items"]]
+    assert len(ids) == 10 and not set(ids) & set(seen)
+    assert all(i["reason"].startswith("because you liked") for i in by_user["items"])
+    scores = [i["score"] for i in by_user["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    # The session moves the list and is excluded; unknown ids are reported, not fatal.
+    session = ids[:3]
+    with_session = client.post(
+        "/recommend",
+        json={"user_id": user, "session": [*session, "no-such-item"], "exclude": [ids[5]]},
+    ).json()
+    got = [i["item_id"] for i in with_session["items"]]
+    assert with_session["basis"] == ["history", "session"]
+    assert with_session["unknown_items"] == ["no-such-item"]
+    assert not set(got) & {*session, ids[5]}
+    assert any("just viewed" in i["reason"] for i in with_session["items"])
+
+    # A query alone is a text search: the item whose text it is comes first.
+    clean = clean_sources(settings)
+    target = clean.items.row(7, named=True)
+    by_query = client.post("/recommend", json={"query": target["text"], "k": 5}).json()
+    assert by_query["basis"] == ["query"]
+    assert by_query["items"][0]["item_id"] == target["item_id"]
+    assert by_query["items"][0]["reason"].startswith("matches your search")
+
+    # A profile alone borrows from the users whose profile reads like it.
+    profile = clean.users.row(0, named=True)
+    by_profile = client.post(
+        "/recommend", json={"profile": {"interests": profile["interests"]}, "k": 5}
+    ).json()
+    assert by_profile["basis"] == ["profile"]
+    text = profile_text({"interests": profile["interests"]}, ["interests"])
+    assert all(text in i["reason"] for i in by_profile["items"])
+
+    # Nobody at all: the most popular items.
+    anonymous = client.post("/recommend", json={"k": 4}).json()
+    assert anonymous["basis"] == ["popularity"]
+    assert len(anonymous["items"]) == 4
+
+
+def test_tail_knob_shows_more_tail_items(client, settings_for):
+    user, _ = _known_user(settings_for())
+    tail_share = []
+    for strength in (0.0, 1.0):
+        body = client.post(
+            "/recommend", json={"user_id": user, "k": 10, "tail_strength": strength}
+        ).json()
+        tail = [client.get(f"/items/{i['item_id']}").json()["tail"] for i in body["items"]]
+        tail_share.append(sum(tail) / len(tail))
+    assert tail_share[1] > tail_share[0]
+
+
+def test_inserted_item_is_recommended_next_request_and_reaches_the_nightly_data(
+    client, settings_for
+):
+    text = "Zebra Submarine Opera (2026). Genres: Musical, Adventure"
+    r = client.post(
+        "/items", json={"items": [{"item_id": "zso", "text": text, "label": "Zebra Opera"}]}
+    )
+    assert r.status_code == 200
+    assert r.json()["inserted"] == ["zso"] and r.json()["updated"] == []
+
+    found = client.post("/recommend", json={"query": "zebra submarine opera", "k": 3}).json()
+    assert found["items"][0]["item_id"] == "zso"
+    assert found["items"][0]["new"] is True
+    assert found["items"][0]["reason"].startswith("new: ")
+    assert client.get("/items/zso").json()["label"] == "Zebra Opera"
+
+    # Updating keeps the id, changes the text; both are in the log the nightly run reads.
+    r = client.post("/items", json={"items": [{"item_id": "zso", "text": text + ", Whales"}]})
+    assert r.json() == {"model_version": "1", "inserted": [], "updated": ["zso"]}
+    items = clean_sources(settings_for()).items
+    row = items.filter(items["item_id"] == "zso").row(0, named=True)
+    assert row["text"].endswith("Whales")
+
+
+def test_events_apply_at_once_and_survive_a_restart(settings_for):
+    settings = settings_for()
+    user, seen = _known_user(settings)
+    with TestClient(create_app(settings)) as c:
+        _wait_ready(c)
+        before = [
+            i["item_id"] for i in c.post("/recommend", json={"user_id": user}).json()["items"]
+        ]
+        watched = before[0]
+        r = c.post(
+            "/events",
+            json={"events": [{"user_id": user, "item_id": watched, "kind": "rating", "value": 4}]},
+        )
+        assert r.json() == {"accepted": 1}
+        after = [i["item_id"] for i in c.post("/recommend", json={"user_id": user}).json()["items"]]
+        assert watched not in after  # now part of the history: seen, so not recommended
+
+    log = LiveLog(settings.live_url)
+    events = log.events()
+    log.dispose()
+    assert events.select("user_id", "item_id", "kind", "weight").rows() == [
+        (user, watched, "rating", 4.0)
+    ]
+    # A new process reads the log back: the event is still the user's latest.
+    with TestClient(create_app(settings)) as c:
+        _wait_ready(c)
+        again = [i["item_id"] for i in c.post("/recommend", json={"user_id": user}).json()["items"]]
+        assert watched not in again
+        assert c.app.state.service.state.histories[user][-1] == watched
+    # And the next nightly run trains on it.
+    clean = clean_sources(settings)
+    mine = clean.interactions.filter(clean.interactions["user_id"] == user)
+    assert mine.height == len(seen) + 1
+    assert clean.report["live_events"]["rows_out"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "needle"),
+    [
+        ("post", "/recommend", {"k": 0}, 422, "greater than or equal to 1"),
+        ("post", "/recommend", {"k": 101}, 422, "less than or equal to 100"),
+        ("post", "/recommend", {"session": "1"}, 422, "valid list"),
+        ("post", "/recommend", {"user": "1"}, 422, "Extra inputs"),
+        ("post", "/recommend", {"session": ["a"] * 201}, 422, "at most 200"),
+        ("post", "/recommend", {"profile": {"age": "9"}}, 422, "unknown profile fields"),
+        ("post", "/recommend", {"tail_strength": 2}, 422, "less than or equal to 1"),
+        ("post", "/recommend", {"query": ""}, 422, "at least 1 character"),
+        ("post", "/items", {"items": []}, 422, "at least 1 item"),
+        ("post", "/items", {"items": [{"item_id": "a", "text": "  "}]}, 422, "at least 1"),
+        (
+            "post",
+            "/items",
+            {"items": [{"item_id": "a", "text": "x"}, {"item_id": "a", "text": "y"}]},
+            422,
+            "appears twice",
+        ),
+        ("post", "/events", {"events": [{"user_id": "u", "item_id": "i"}]}, 422, "kind"),
+        (
+            "post",
+            "/events",
+            {"events": [{"user_id": "u", "item_id": "i", "kind": "rating"}]},
+            422,
+            "needs a value",
+        ),
+        (
+            "post",
+            "/events",
+            {"events": [{"user_id": "u", "item_id": "nope", "kind": "view"}]},
+            422,
+            "unknown item ids",
+        ),
+        ("post", "/recommend", {"query": "x" * 5000}, 413, "limit is 4096"),
+        ("get", "/users/1/recommendations?k=0", None, 422, "greater than or equal to 1"),
+        ("get", "/items/nope", None, 404, "unknown item id"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_clear_message(client, method, path, body, status, needle):
+    r = client.post(path, json=body) if method == "post" else client.get(path)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_malformed_json_is_a_422(client):
+    r = client.post(
+        "/recommend", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert "JSON" in r.text
+
+
+def test_a_new_champion_is_picked_up_without_a_restart(settings_for, tmp_path):
+    import mlflow
+
+    from tailor.registry import register_bundle
+    from tailor.tracking import client_for
+
+    settings = settings_for(poll_seconds=0.3)
+    with TestClient(create_app(settings)) as c:
+        assert _wait_ready(c)["model_version"] == "1"
+        c.post("/items", json={"items": [{"item_id": "fresh", "text": "A Fresh Item"}]})
+
+        # Register the champion's bundle again as version 2 and move the alias to it.
+        mlclient = client_for(settings.tracking_uri)
+        name = settings.tracking.model_name
+        v1 = mlclient.get_model_version(name, "1")
+        bundle = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path))
+        )
+        experiment = mlclient.get_experiment_by_name(settings.tracking.experiment).experiment_id
+        run = mlclient.create_run(experiment)
+        decision = register_bundle(
+            mlclient,
+            run.info.run_id,
+            bundle / "artifacts" / "bundle",
+            name,
+            settings.tracking.champion_alias,
+            settings.eval.gate_metric,
+            float(v1.tags[settings.eval.gate_metric]) + 1.0,
+        )
+        mlclient.set_terminated(run.info.run_id)
+        assert decision.promoted and decision.version == "2"
+
+        deadline = time.monotonic() + 60
+        while c.get("/ready").json()["model_version"] != "2":
+            assert time.monotonic() < deadline, "the new champion was not picked up"
+            time.sleep(0.2)
+        # The item inserted before the switch is still served by the new version.
+        found = c.post("/recommend", json={"query": "A Fresh Item", "k": 1}).json()
+        assert found["model_version"] == "2"
+        assert found["items"][0]["item_id"] == "fresh"
+        assert c.post("/admin/reload").json() == {"model_version": "2", "reloaded": False}
+        # Put the alias back for the other tests of this module.
+        mlclient.set_registered_model_alias(name, settings.tracking.champion_alias, "1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_on_a_loopback_port(trained, tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[data]",
+                'source = "synthetic"',
+                "[data.synthetic]",
+                "n_users = 60",
+                "n_items = 80",
+                "n_topics = 4",
+                "events_per_user = 12",
+                "[serve]",
+                "poll_seconds = 0",
+                'profile_fields = ["interests"]',
+                f'live_url = "sqlite:///{tmp_path / "live.db"}"',
+            ]
+        )
+    )
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    cmd = [sys.executable, "-m", "tailor.cli", "serve", "--config", str(config)]
+    cmd += ["--workdir", str(trained), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            assert http.get("/health").json() == {"status": "ok"}
+            http.post("/items", json={"items": [{"item_id": "live-1", "text": "Quantum Llamas"}]})
+            r = http.post("/recommend", json={"query": "Quantum Llamas", "k": 2})
+            assert r.status_code == 200
+            assert r.json()["items"][0]["item_id"] == "live-1"
+            assert http.post("/recommend", json={"k": -1}).status_code == 422
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
