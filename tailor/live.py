@@ -18,9 +18,11 @@ Everything here is plain and synchronous; `tailor.server` puts HTTP in front of 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,12 +41,16 @@ POPULAR_REASON = "popular with everyone"
 
 
 class TextVectors:
-    """The bundle's encoder for short texts (queries, profiles, new items), with an LRU cache.
+    """The bundle's encoder for short texts (queries, profiles, new items), with an LRU cache
+    and micro-batching.
 
-    Thread-safe: the server encodes in worker threads while the event loop serves requests.
+    Requests that arrive while the encoder is busy are encoded together in its next pass: on a
+    CPU one short text costs ~11 ms and eight cost ~25 ms, so under load batching multiplies
+    what one core sustains instead of letting a queue grow. Thread-safe; one worker thread
+    (started on first use) owns the model.
     """
 
-    def __init__(self, embed: EmbedSettings, cache_size: int = 10_000) -> None:
+    def __init__(self, embed: EmbedSettings, cache_size: int = 10_000, max_batch: int = 32) -> None:
         from tailor.embed import TransformerEncoder, encoder_id
 
         self.model_id = encoder_id(embed)
@@ -53,11 +59,15 @@ class TextVectors:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._size = cache_size
         self._lock = threading.Lock()
-        # One forward pass at a time: torch is fastest single-threaded per call here, and two
-        # overlapping passes would only fight over the same cores.
-        self._encode_lock = threading.Lock()
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[tuple[list[str], Future]] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.submit(texts).result()
+
+    def submit(self, texts: Sequence[str]) -> Future:
+        """A future of the (len(texts), dim) vectors; cache hits resolve at once."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         with self._lock:
@@ -68,19 +78,58 @@ class TextVectors:
                 else:
                     self._cache.move_to_end(text)
                     out[row] = hit
-        if missing:
-            todo = list(missing)
-            with self._encode_lock:
-                vectors = self.encoder.encode(todo)
+            if missing and self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._run, name="tailor-encoder", daemon=True
+                )
+                self._worker.start()
+        done: Future = Future()
+        if not missing:
+            done.set_result(out)
+            return done
+        todo = list(missing)
+        job: Future = Future()
+
+        def fill(finished: Future) -> None:
+            error = finished.exception()
+            if error is not None:
+                done.set_exception(error)
+                return
+            for text, vector in zip(todo, finished.result(), strict=True):
+                out[missing[text]] = vector
+            done.set_result(out)
+
+        job.add_done_callback(fill)
+        self._jobs.put((todo, job))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._jobs.get()]
+            size = len(batch[0][0])
+            while size < self._max_batch:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+                size += len(batch[-1][0])
+            unique = list(dict.fromkeys(t for texts, _ in batch for t in texts))
+            try:
+                vectors = self.encoder.encode(unique)
+            except Exception as e:  # every waiting request gets the error, none hangs
+                for _, job in batch:
+                    job.set_exception(e)
+                continue
+            row = {t: i for i, t in enumerate(unique)}
             with self._lock:
-                for text, vector in zip(todo, vectors, strict=True):
-                    out[missing[text]] = vector
-                    if self._size:
+                if self._size:
+                    for text, vector in zip(unique, vectors, strict=True):
                         self._cache[text] = vector
                         self._cache.move_to_end(text)
-                while len(self._cache) > self._size:
-                    self._cache.popitem(last=False)
-        return out
+                    while len(self._cache) > self._size:
+                        self._cache.popitem(last=False)
+            for texts, job in batch:
+                job.set_result(vectors[[row[t] for t in texts]])
 
 
 class NoTextSpaceError(ValueError):

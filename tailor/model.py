@@ -179,6 +179,8 @@ class SeqRecommender:
             self.net = SeqRecNet(self.config, self.text_vectors).to(self.device)
         # (text view, item matrix) cached for serving by `freeze`; None while weights may move.
         self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Rows of the frozen matrices for trained items (the text view's normalisers).
+        self._frozen_trained: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def fit(
         self,
@@ -346,6 +348,11 @@ class SeqRecommender:
         self.net.eval()
         self._frozen = None
         self._frozen = self._matrices()
+        self._cache_trained()
+
+    def _cache_trained(self) -> None:
+        trained = self.net.trained
+        self._frozen_trained = (self._frozen[0][trained], self._frozen[1][trained])
 
     @torch.inference_mode()
     def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
@@ -393,6 +400,7 @@ class SeqRecommender:
                 items = text_part + self.net.item_id.weight[pos]
             self._frozen[0][pos] = text_part
             self._frozen[1][pos] = items
+            self._cache_trained()
 
     @torch.inference_mode()
     def item_vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
@@ -415,9 +423,13 @@ class SeqRecommender:
 
     @torch.inference_mode()
     def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
-        self.net.eval()
-        text_part, items = self._matrices()
-        trained = self.net.trained
+        if self._frozen is None:
+            self.net.eval()
+            text_part, items = self._matrices()
+            trained = self.net.trained
+            trained_text, trained_items = text_part[trained], items[trained]
+        else:  # serving: nothing to recompute, and eval() was set by freeze
+            (text_part, items), (trained_text, trained_items) = self._frozen, self._frozen_trained
         out = np.zeros((len(histories), self.vector_dim), dtype=np.float32)
         for start in range(0, len(histories), batch):
             chunk = histories[start : start + batch]
@@ -427,8 +439,8 @@ class SeqRecommender:
             empty = (seqs < 0).all(dim=1)
             h[empty] = 0.0
             if self.config.text_view:
-                shift = torch.logsumexp(h @ items[trained].T, dim=1) - torch.logsumexp(
-                    h @ text_part[trained].T, dim=1
+                shift = torch.logsumexp(h @ trained_items.T, dim=1) - torch.logsumexp(
+                    h @ trained_text.T, dim=1
                 )
                 h = torch.cat([h, shift.unsqueeze(1)], dim=1)
             out[start : start + len(chunk)] = h.float().cpu().numpy()

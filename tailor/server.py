@@ -342,7 +342,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         texts = svc.request_texts(query)
         vectors = {}
         if texts:
-            encoded = await run_in_threadpool(svc.texts.encode, texts)
+            encoded = await asyncio.wrap_future(svc.texts.submit(texts))
             vectors = dict(zip(texts, encoded, strict=True))
         result = svc.recommend(query, vectors)
         return RecommendResponse(
@@ -362,7 +362,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
                 raise HTTPException(422, f"item {item.item_id!r} appears twice in the request")
             seen.add(item.item_id)
         items = [LiveItem(i.item_id, i.text, i.label or i.item_id) for i in body.items]
-        vectors = await run_in_threadpool(svc.texts.encode, [i.text for i in items])
+        vectors = await asyncio.wrap_future(svc.texts.submit([i.text for i in items]))
         inserted, updated = svc.upsert_items(items, vectors)
         return ItemsResponse(model_version=svc.model.version, inserted=inserted, updated=updated)
 

@@ -327,3 +327,29 @@ def test_importing_rerank_loads_no_heavy_dependency() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_single_row_path_agrees_with_the_block_path(rng):
+    # A live request re-ranks one row in plain Python; it must pick exactly what the
+    # vectorised path picks, ties, padding and infinities included.
+    from tailor.rerank import _rerank_block, _rerank_one
+
+    for trial in range(300):
+        n_items = int(rng.integers(5, 40))
+        n_cand = int(rng.integers(1, n_items))
+        cands = rng.permutation(n_items)[:n_cand].astype(np.int64)
+        scores = np.sort(
+            rng.choice([0.0, 0.5, 1.0, 2.0], n_cand) if trial % 3 == 0 else rng.normal(size=n_cand)
+        )[::-1].astype(np.float32)
+        if trial % 5 == 0:
+            scores[0] = np.inf
+        if trial % 7 == 0:
+            scores[-1] = -np.inf
+        pad = int(rng.integers(0, 4))
+        cands = np.concatenate([cands, np.full(pad, -1)])
+        scores = np.concatenate([scores, np.full(pad, -np.inf, dtype=np.float32)])
+        is_tail = rng.random(n_items) < 0.5
+        strength = float(rng.choice([0.05, 0.1, 0.5, 1.0]))
+        k = int(rng.integers(1, n_cand + pad + 3))
+        block = _rerank_block(cands[None, :], scores[None, :], is_tail, strength, k)[0]
+        assert _rerank_one(cands, scores, is_tail, strength, k) == block.tolist(), trial
