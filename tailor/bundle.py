@@ -76,6 +76,38 @@ class Bundle:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def add_items(
+        self,
+        item_ids: Sequence[str],
+        texts: Sequence[str],
+        labels: Sequence[str],
+        text_vectors: np.ndarray,
+    ) -> np.ndarray:
+        """Append items the model never saw, in memory: scored by their text view like the
+        held-out cold items, searchable through this bundle's index. Returns their positions."""
+        if self.index.ntotal != self.n_items:
+            raise RuntimeError("the index does not hold one row per item; cannot append")
+        self.model.freeze()
+        positions = self.model.add_items(text_vectors)
+        vectors = self.model.item_vectors(positions)
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        added = pl.DataFrame(
+            {
+                C.ITEM_ID: list(item_ids),
+                C.LABEL: list(labels),
+                C.TEXT: list(texts),
+                POPULARITY: np.zeros(len(item_ids), dtype=np.int64),
+            }
+        )
+        self.items = pl.concat([self.items, added.select(self.items.columns)])
+        self.text_vectors = np.concatenate([self.text_vectors, text_vectors.astype(np.float32)])
+        self.item_vectors = np.concatenate([self.item_vectors, vectors])
+        for item, label, pos in zip(item_ids, labels, positions, strict=True):
+            self.item_ids.append(item)
+            self.labels.append(label)
+            self.position[item] = int(pos)
+        return positions
+
     def positions(self, item_ids: Sequence[str]) -> np.ndarray:
         """Known items' positions, in order; unknown ids are skipped."""
         return np.array([self.position[i] for i in item_ids if i in self.position], dtype=np.int64)

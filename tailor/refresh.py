@@ -29,6 +29,32 @@ def user_histories(
     return ids, histories
 
 
+def add_new_items(bundle: Bundle, items: pl.DataFrame, cache_dir) -> int:
+    """Give the bundle the catalogue's items it was not trained with (added to the source or
+    through the service since): embedded with the bundle's own encoder (cached by text) and
+    scored by the text view, so tonight's lists can already hold them. Returns how many."""
+    from pathlib import Path
+
+    from tailor.embed import EmbeddingCache, LazyEncoder, embed_texts
+    from tailor.live import has_text_space
+    from tailor.settings import EmbedSettings
+
+    new = items.filter(~pl.col(C.ITEM_ID).is_in(pl.Series(bundle.item_ids).implode()))
+    if new.is_empty():
+        return 0
+    if not has_text_space(bundle):
+        log.warning("%d new items cannot be embedded (vectors came from a file)", new.height)
+        return 0
+    embed = EmbedSettings.model_validate(bundle.settings.get("embed", {}))
+    encoder = LazyEncoder(embed.model_copy(update={"device": "auto"}))
+    cache = EmbeddingCache(Path(cache_dir) / "embeddings", encoder.model_id)
+    texts = new[C.TEXT].to_list()
+    vectors = embed_texts(texts, encoder, cache, progress=False).vectors
+    bundle.add_items(new[C.ITEM_ID].to_list(), texts, new[C.LABEL].to_list(), vectors)
+    log.info("added %d items the model was not trained with (scored by their text)", new.height)
+    return new.height
+
+
 def compute_recommendations(
     bundle: Bundle,
     interactions: pl.DataFrame,

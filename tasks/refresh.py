@@ -5,7 +5,7 @@ import polars as pl
 from prefect import get_run_logger
 
 from tailor.pipeline import PreparedData, all_interactions
-from tailor.refresh import compute_recommendations, summarize_recommendations
+from tailor.refresh import add_new_items, compute_recommendations, summarize_recommendations
 from tailor.registry import load_bundle
 from tailor.settings import Settings
 from tailor.store import BatchInfo, RecommendationStore
@@ -26,6 +26,11 @@ def refresh_recommendations(
     """Top-k for every user from the given model version, published atomically to the store."""
     logger = get_run_logger()
     bundle = load_bundle(settings.tracking_uri, settings.tracking.model_name, model_version)
+    added = add_new_items(bundle, pl.read_parquet(prepared.items), settings.cache_dir)
+    if added:
+        logger.info(
+            "%d items are newer than model version %s: scored by their text", added, model_version
+        )
     interactions = all_interactions(prepared)
     profile_users: list[str] = []
     if prepared.users is not None:
@@ -42,6 +47,7 @@ def refresh_recommendations(
         progress=True,
     )
     summary = summarize_recommendations(recs, bundle, settings.eval.head_share, out_dir)
+    summary["items_added"] = float(added)
     store = RecommendationStore(settings.store_url)
     try:
         info = store.publish(

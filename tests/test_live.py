@@ -172,3 +172,27 @@ def test_live_log_round_trip_and_nightly_merge(settings, tmp_path):
     # The event on an unknown item is quarantined and counted, not lost or fatal.
     assert merged.report["live_events"]["rejected"] == {"unknown item": 1}
     assert merged.quarantine.filter(merged.quarantine[C.REASON] == "unknown item").height >= 1
+
+
+def test_nightly_refresh_can_recommend_items_newer_than_the_model(trained):
+    import polars as pl
+
+    from tailor.refresh import add_new_items, compute_recommendations
+
+    settings, prepared, folder = trained
+    bundle = Bundle(folder)
+    interactions = pl.read_parquet(prepared.interactions)
+    user = interactions[C.USER_ID][0]
+    last = interactions.filter(pl.col(C.USER_ID) == user)[C.ITEM_ID][-1]
+    text = bundle.items.filter(pl.col(C.ITEM_ID) == last)[C.TEXT][0]
+    items = pl.read_parquet(prepared.items).select(C.ITEM_ID, C.TEXT, C.LABEL)
+    items = pl.concat(
+        [items, pl.DataFrame({C.ITEM_ID: ["tonight"], C.TEXT: [text], C.LABEL: ["T"]})]
+    )
+
+    assert add_new_items(bundle, items, settings.cache_dir) == 1
+    assert add_new_items(bundle, items, settings.cache_dir) == 0  # already there
+    assert bundle.index.ntotal == bundle.n_items == len(items)
+    recs = compute_recommendations(bundle, interactions, k=bundle.n_items)
+    mine = recs.filter(pl.col(C.USER_ID) == user)
+    assert "tonight" in mine[C.ITEM_ID].to_list()
