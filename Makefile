@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test test-all lint format benchmark
+.PHONY: install run serve test test-all lint format benchmark benchmark-serve
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 run: install
 	$(VENV)/bin/tailor run
+
+serve: install
+	$(VENV)/bin/tailor serve
 
 lint: install
 	$(PY) -m ruff check .
@@ -36,3 +39,6 @@ format: install
 
 benchmark: install
 	$(PY) benchmarks/pipeline.py
+
+benchmark-serve: install
+	$(PY) benchmarks/serve_latency.py --workdir .tailor

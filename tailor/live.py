@@ -50,18 +50,40 @@ class TextVectors:
     (started on first use) owns the model.
     """
 
-    def __init__(self, embed: EmbedSettings, cache_size: int = 10_000, max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        embed: EmbedSettings,
+        cache_size: int = 10_000,
+        max_batch: int = 32,
+        int8: bool = False,
+    ) -> None:
         from tailor.embed import TransformerEncoder, encoder_id
 
+        self.embed = embed
         self.model_id = encoder_id(embed)
         self.encoder = TransformerEncoder(embed)
         self.dim = self.encoder.dim
+        self.int8 = int8 and self.encoder.device == "cpu"
+        if self.int8:
+            self._quantize()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._size = cache_size
         self._lock = threading.Lock()
         self._max_batch = max_batch
         self._jobs: queue.SimpleQueue[tuple[list[str], Future]] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+
+    def _quantize(self) -> None:
+        """int8 weights for the linear layers (CPU only): ~2.4x faster short texts."""
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            self.encoder.model = torch.ao.quantization.quantize_dynamic(
+                self.encoder.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.submit(texts).result()
@@ -581,17 +603,12 @@ class LiveQuery:
     strength: float | None = None  # None = the served default (`rerank.strength`)
     query_weight: float | None = None  # None = `serve.query_weight`
 
-    def texts(self, state: LiveState, fields: Sequence[str]) -> list[str]:
-        """The strings this request needs vectors for (encode them off the event loop)."""
-        out = []
-        if self.query:
-            out.append(self.query)
+    def profile_string(self, state: LiveState, fields: Sequence[str]) -> str:
+        """The profile text this request is ranked by ('' when history or session decide)."""
         profile = self.effective_profile(state)
-        if profile and not self.has_history(state):
-            text = profile_text(profile, fields)
-            if text:
-                out.append(text)
-        return out
+        if not profile or self.has_history(state):
+            return ""
+        return profile_text(profile, fields)
 
     def effective_profile(self, state: LiveState) -> dict[str, str] | None:
         if self.profile:

@@ -371,10 +371,9 @@ class SeqRecommender:
         net.text = torch.cat([net.text, new])
         net.trained = torch.cat([net.trained, torch.zeros(n, dtype=torch.bool, device=self.device)])
         if net.item_id is not None:
-            grown = nn.Embedding(start + n, self.config.dim).to(self.device)
-            grown.weight.zero_()
-            grown.weight[:start] = net.item_id.weight
-            net.item_id = grown
+            zeros = torch.zeros(n, self.config.dim, device=self.device)
+            # from_pretrained: no random initialisation of a matrix about to be overwritten.
+            net.item_id = nn.Embedding.from_pretrained(torch.cat([net.item_id.weight, zeros]))
         self.text_vectors = np.concatenate([self.text_vectors, new.cpu().numpy()])
         self.n_items = start + n
         self.config = replace(self.config, n_items=self.n_items)

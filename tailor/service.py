@@ -64,7 +64,8 @@ class Service:
         self.store = RecommendationStore(settings.store_url)
         self.state: LiveState | None = None
         self.model: LiveModel | None = None
-        self.texts: TextVectors | None = None
+        self.texts: TextVectors | None = None  # items and profiles (the catalogue's encoder)
+        self.queries: TextVectors | None = None  # free-text queries (int8 copy by default)
         self.error: str = "loading"
         self.loaded_at: str | None = None
         # Vectors of items inserted while this process runs, so a reload re-inserts them
@@ -96,6 +97,13 @@ class Service:
             check_encoder(texts, bundle)
         return texts
 
+    def _queries_for(self, texts: TextVectors) -> TextVectors:
+        if not self.settings.serve.query_int8:
+            return texts
+        if self.queries is not None and self.queries.model_id == texts.model_id:
+            return self.queries
+        return TextVectors(texts.embed, self.settings.serve.query_cache_size, int8=True)
+
     def load(self) -> None:
         """First load: the version to serve, the state (data + live log), the live model."""
         import torch
@@ -111,7 +119,8 @@ class Service:
         state = load_live_state(self.settings)
         state.embed_profiles(texts, self.settings.serve.profile_fields)
         model = build_live_model(bundle, version, self.settings, state, texts)
-        self.texts, self.state, self.model = texts, state, model
+        queries = self._queries_for(texts)
+        self.texts, self.queries, self.state, self.model = texts, queries, state, model
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.error = ""
         log.info(
@@ -122,7 +131,9 @@ class Service:
             time.perf_counter() - started,
         )
 
-    def build(self, version: str, snapshot: LiveState) -> tuple[LiveModel, TextVectors]:
+    def build(
+        self, version: str, snapshot: LiveState
+    ) -> tuple[LiveModel, TextVectors, TextVectors]:
         """A live model of another version over a snapshot of the state (not yet served)."""
         from tailor.registry import load_bundle
 
@@ -131,7 +142,8 @@ class Service:
         texts = self._texts_for(bundle)
         if texts is not self.texts:
             snapshot.embed_profiles(texts, self.settings.serve.profile_fields)
-        return build_live_model(bundle, version, self.settings, snapshot, texts), texts
+        model = build_live_model(bundle, version, self.settings, snapshot, texts)
+        return model, texts, self._queries_for(texts)
 
     # ------------------------------------------------------------ event loop
 
@@ -147,7 +159,7 @@ class Service:
             loaded_at=self.loaded_at,
         )
 
-    def swap(self, model: LiveModel, texts: TextVectors) -> None:
+    def swap(self, model: LiveModel, texts: TextVectors, queries: TextVectors) -> None:
         """Serve `model` from now on, after giving it what arrived while it was being built."""
         assert self.state is not None
         if texts is not self.texts:
@@ -166,13 +178,13 @@ class Service:
             model.upsert_items(pending, vectors)
         model.build_profiles(self.state)
         previous = None if self.model is None else self.model.version
-        self.model, self.texts = model, texts
+        self.model, self.texts, self.queries = model, texts, queries
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
         log.info("now serving model version %s (was %s)", model.version, previous)
 
-    def request_texts(self, query: LiveQuery) -> list[str]:
+    def profile_string(self, query: LiveQuery) -> str:
         assert self.state is not None
-        return query.texts(self.state, self.settings.serve.profile_fields)
+        return query.profile_string(self.state, self.settings.serve.profile_fields)
 
     def recommend(self, query: LiveQuery, vectors: dict[str, np.ndarray]) -> LiveResult:
         assert self.model is not None and self.state is not None

@@ -357,6 +357,12 @@ class ServeSettings(_Section):
     query_cache_size: int = Field(
         10_000, ge=0, description="Query and profile texts whose vectors are kept in memory."
     )
+    query_int8: bool = Field(
+        True,
+        description="Encode free-text queries with an int8 copy of the encoder (CPU only): "
+        "~2.4x faster; on MovieLens titles 99.9 % of title searches still rank the item "
+        "first (100 % in float32). Items and profiles always use the float encoder.",
+    )
     torch_threads: int = Field(
         1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."
     )
