@@ -94,6 +94,7 @@ class LiveLog:
         self._url = make_url(url)
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self._upsert: Any = None
 
     def __repr__(self) -> str:
         return f"LiveLog({self._url.render_as_string(hide_password=True)!r})"
@@ -115,19 +116,20 @@ class LiveLog:
             for i in items
         ]
         engine = self._get_engine()
-        dialect = engine.dialect.name
-        make = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = make(_ITEMS)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[C.ITEM_ID],
-            set_={
-                C.TEXT: stmt.excluded[C.TEXT],
-                C.LABEL: stmt.excluded[C.LABEL],
-                "updated_at": now,
-            },
-        )
+        if self._upsert is None:
+            make = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+            stmt = make(_ITEMS)
+            # Built once, with only `excluded` references: SQLAlchemy caches its compiled form.
+            self._upsert = stmt.on_conflict_do_update(
+                index_elements=[C.ITEM_ID],
+                set_={
+                    C.TEXT: stmt.excluded[C.TEXT],
+                    C.LABEL: stmt.excluded[C.LABEL],
+                    "updated_at": stmt.excluded["updated_at"],
+                },
+            )
         with self._errors("write items"), engine.begin() as conn:
-            conn.execute(stmt, rows)
+            conn.execute(self._upsert, rows)
 
     def append_events(self, events: Sequence[LiveEvent]) -> None:
         """Append events in one transaction: all are durable when this returns, or none."""

@@ -409,7 +409,8 @@ class SeqRecommender:
         1 in an extra column; the user's extra column holds the difference of the two views'
         log-normalisers, so every score is a log-probability of the view that knows the item.
         """
-        self.net.eval()
+        if self._frozen is None:
+            self.net.eval()
         text_part, items = self._matrices()
         cold = ~self.net.trained
         if positions is not None:
