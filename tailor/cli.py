@@ -192,7 +192,10 @@ def _print_where(settings) -> None:
     print(f"   run outputs     {settings.runs_dir}")
     print(f"   MLflow store    {settings.tracking_uri}")
     print(f"   recommendations {settings.store_url}")
+    print(f"   live log        {settings.live_url}")
     print("   read one user:  tailor recommend 42")
+    s = settings.serve
+    print(f"   live service:   tailor serve   -> http://{s.host}:{s.port}/docs")
     print(
         "   MLflow UI:      MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 "
         f"--backend-store-uri {settings.tracking_uri} --port 5000   -> http://127.0.0.1:5000"
