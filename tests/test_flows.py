@@ -65,6 +65,26 @@ def test_train_and_refresh_end_to_end(settings):
     assert refresh_run.data.tags["model_version"] == "1"
     assert refresh_run.data.metrics["published_users"] == settings.data.synthetic.n_users
 
+    # What the live service logged reaches the next nightly refresh: a new item is embedded and
+    # scored (the model never saw it), and a live view makes that item "seen" for its user.
+    from datetime import UTC, datetime
+
+    from tailor.livelog import LiveEvent, LiveItem, LiveLog
+
+    top = recs["item_id"][0]
+    log = LiveLog(settings.live_url)
+    log.upsert_items([LiveItem("live-item", "A brand new item about topic 1", "Live Item")])
+    log.append_events([LiveEvent(users[0], top, "view", 1.0, datetime.now(UTC))])
+    log.dispose()
+    again = nightly_refresh(settings=settings)
+    metrics = client.get_run(again.run_id).data.metrics
+    assert metrics["published_items_added"] == 1
+    store = RecommendationStore(settings.store_url)
+    try:
+        assert top not in store.read(users[0])["item_id"].to_list()
+    finally:
+        store.dispose()
+
 
 def test_second_run_embeds_nothing_and_both_runs_are_comparable(settings):
     first = train(settings=settings)
