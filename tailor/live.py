@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -56,16 +57,30 @@ class TextVectors:
         cache_size: int = 10_000,
         max_batch: int = 32,
         int8: bool = False,
+        backend: str = "torch",
+        cache_dir: Path | None = None,
+        threads: int = 1,
     ) -> None:
-        from tailor.embed import TransformerEncoder, encoder_id
+        from tailor.embed import OnnxEncoder, TransformerEncoder, encoder_id, pick_device
 
         self.embed = embed
         self.model_id = encoder_id(embed)
-        self.encoder = TransformerEncoder(embed)
+        self.int8 = int8
+        self.backend = "torch"
+        self.encoder = None
+        on_cpu = pick_device(embed.device) == "cpu"
+        if backend == "onnx" and on_cpu and cache_dir is not None:
+            try:
+                self.encoder = OnnxEncoder(embed, cache_dir, int8=int8, threads=threads)
+                self.backend = "onnx"
+            except Exception as e:  # an encoder ONNX cannot take still serves, just slower
+                log.warning("ONNX Runtime unavailable for %s (%s); using PyTorch", self.model_id, e)
+        if self.encoder is None:
+            self.encoder = TransformerEncoder(embed)
+            self.int8 = int8 and on_cpu
+            if self.int8:
+                self._quantize()
         self.dim = self.encoder.dim
-        self.int8 = int8 and self.encoder.device == "cpu"
-        if self.int8:
-            self._quantize()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._size = cache_size
         self._lock = threading.Lock()

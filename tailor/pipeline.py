@@ -871,7 +871,13 @@ def evaluate_cold_start(
     hist = load_histories(prepared)
     bundle = Bundle(bundle_dir, device="cpu")
     embed = settings.embed.model_validate(bundle.settings.get("embed", {}))
-    texts = TextVectors(embed.model_copy(update={"device": "auto"}), cache_size=0)
+    # The encoder the service would use (settings.serve), so this measures the service path.
+    texts = TextVectors(
+        embed.model_copy(update={"device": "auto"}),
+        cache_size=0,
+        backend=settings.serve.encoder_backend,
+        cache_dir=settings.cache_dir,
+    )
     k = max(settings.eval.ks)
     strength = settings.rerank.strength
     metrics: dict[str, float] = {}

@@ -92,7 +92,14 @@ class Service:
 
         if self.texts is not None and self.texts.model_id == encoder_id(embed):
             return self.texts
-        texts = TextVectors(embed, self.settings.serve.query_cache_size)
+        serve = self.settings.serve
+        texts = TextVectors(
+            embed,
+            serve.query_cache_size,
+            backend=serve.encoder_backend,
+            cache_dir=self.settings.cache_dir,
+            threads=serve.torch_threads,
+        )
         if has_text_space(bundle):
             check_encoder(texts, bundle)
         return texts
@@ -102,7 +109,15 @@ class Service:
             return texts
         if self.queries is not None and self.queries.model_id == texts.model_id:
             return self.queries
-        return TextVectors(texts.embed, self.settings.serve.query_cache_size, int8=True)
+        serve = self.settings.serve
+        return TextVectors(
+            texts.embed,
+            serve.query_cache_size,
+            int8=True,
+            backend=serve.encoder_backend,
+            cache_dir=self.settings.cache_dir,
+            threads=serve.torch_threads,
+        )
 
     def load(self) -> None:
         """First load: the version to serve, the state (data + live log), the live model."""

@@ -83,3 +83,23 @@ def test_warm_cache_never_loads_the_model(settings, tmp_path, monkeypatch):
     warm = embed_items(prepared.items, settings, progress=False)
     assert (warm.n_embedded, warm.n_reused) == (0, cold.n_embedded)
     np.testing.assert_array_equal(np.load(warm.vectors), np.load(cold.vectors))
+
+
+def test_onnx_encoder_gives_the_pytorch_vectors(encoder, tmp_path):
+    # The service embeds queries and new items with ONNX Runtime: they must land exactly where
+    # the catalogue's PyTorch vectors are, in any batch, and the export is reused.
+    from tailor.embed import OnnxEncoder
+    from tailor.settings import EmbedSettings
+
+    onnx = OnnxEncoder(EmbedSettings(), tmp_path)
+    assert onnx.model_id == encoder.model_id and onnx.dim == encoder.dim
+    reference = encoder.encode(TEXTS)
+    np.testing.assert_allclose(onnx.encode(TEXTS), reference, atol=1e-4)
+    np.testing.assert_allclose(onnx.encode(TEXTS[2:3])[0], reference[2], atol=1e-4)
+    exported = list((tmp_path / "onnx").glob("*/model.onnx"))
+    assert len(exported) == 1
+    before = exported[0].stat().st_mtime_ns
+    int8 = OnnxEncoder(EmbedSettings(), tmp_path, int8=True)
+    assert exported[0].stat().st_mtime_ns == before  # not exported twice
+    cos = np.sum(int8.encode(TEXTS) * reference, axis=1)
+    assert cos.min() > 0.9  # close, not equal: int8 is an explicit trade
