@@ -181,6 +181,7 @@ class SeqRecommender:
         self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
         # Rows of the frozen matrices for trained items (the text view's normalisers).
         self._frozen_trained: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._single = None  # the encoder traced for one user, made by `freeze`
 
     def fit(
         self,
@@ -349,6 +350,34 @@ class SeqRecommender:
         self._frozen = None
         self._frozen = self._matrices()
         self._cache_trained()
+        self._single = self._trace_single()
+
+    def _trace_single(self):
+        """The encoder traced for one user: a live request's shape. Tracing removes the
+        per-module Python overhead (about a fifth of the pass at this size) and computes the
+        same numbers; anything tracing cannot take simply stays eager."""
+        net = self.net
+
+        class _Encode(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, seqs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+                return self.net.encode(seqs, items)
+
+        example = torch.zeros((1, self.config.max_len), dtype=torch.long, device=self.device)
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings about Python-side shapes
+                return torch.jit.trace(
+                    _Encode().eval(), (example, self._frozen[1]), check_trace=False
+                )
+        except Exception:  # pragma: no cover - depends on the torch build
+            log.debug("tracing the encoder failed; serving it eagerly", exc_info=True)
+            return None
 
     def _cache_trained(self) -> None:
         trained = self.net.trained
@@ -434,7 +463,8 @@ class SeqRecommender:
         for start in range(0, len(histories), batch):
             chunk = histories[start : start + batch]
             seqs = torch.as_tensor(left_pad(chunk, self.config.max_len), device=self.device)
-            h = self.net.encode(seqs, items)[:, -1]
+            single = self._single if self._frozen is not None and len(chunk) == 1 else None
+            h = (single if single is not None else self.net.encode)(seqs, items)[:, -1]
             # A user with no history gets the zero vector: every item scores 0.
             empty = (seqs < 0).all(dim=1)
             h[empty] = 0.0

@@ -63,6 +63,10 @@ def test_added_items_get_the_vectors_of_untrained_items(rng):
     before = model.user_vectors(histories[:3])
     model.freeze()
     np.testing.assert_allclose(model.user_vectors(histories[:3]), before, rtol=1e-5, atol=1e-6)
+    # One user at a time (a live request) goes through the traced encoder: same numbers.
+    for row in range(3):
+        single = model.user_vectors([histories[row]])[0]
+        np.testing.assert_allclose(single, before[row], rtol=1e-5, atol=1e-6)
     positions = model.add_items(np.stack([text[9], text[11]]))
     assert positions.tolist() == [10, 11]
     vectors = model.item_vectors()
