@@ -19,7 +19,6 @@ only the language model (queries, profiles, new items) and loading run in worker
 # and some name limits from this deployment's settings, which only exist inside create_app.
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -279,17 +278,12 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The encoder's worker thread hands results to the event loop; with Python's default
-        # 5 ms GIL switch interval each hand-off can wait that long. 0.5 ms keeps it small.
-        previous_interval = sys.getswitchinterval()
-        sys.setswitchinterval(settings.serve.gil_switch_ms / 1000)
         task = asyncio.create_task(poll())
         try:
             yield
         finally:
             task.cancel()
             service.close()
-            sys.setswitchinterval(previous_interval)
 
     app = FastAPI(
         title="tailor",

@@ -368,13 +368,6 @@ class ServeSettings(_Section):
         description="Encode free-text queries with int8 weights (CPU only): faster again, "
         "slightly different vectors. Items and profiles always use float weights.",
     )
-    gil_switch_ms: float = Field(
-        0.5,
-        gt=0.0,
-        le=100.0,
-        description="Python's GIL switch interval while serving (default 5 ms elsewhere): how "
-        "long the event loop may wait for the encoder thread's hand-off.",
-    )
     torch_threads: int = Field(
         1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."
     )
