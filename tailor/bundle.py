@@ -126,7 +126,7 @@ class Bundle:
         `strength` is the re-ranking knob (see `tailor.rerank`); 0 keeps the model's order.
         """
         from tailor.evaluate import head_mask
-        from tailor.rerank import rerank_tail
+        from tailor.rerank import rerank_tail_scored
 
         users = self.model.user_vectors(histories)
         pool = max(k, candidates) if strength > 0 else k
@@ -146,16 +146,7 @@ class Bundle:
         if strength <= 0:
             return Recommendations(cand_items[:, :k], cand_scores[:, :k])
         is_tail = ~head_mask(self.items[POPULARITY].to_numpy(), head_share)
-        chosen = rerank_tail(cand_items, cand_scores, is_tail, strength, k)
-        score_of = [
-            dict(zip(r.tolist(), s.tolist(), strict=True))
-            for r, s in zip(cand_items, cand_scores, strict=True)
-        ]
-        chosen_scores = np.array(
-            [[score_of[u].get(int(i), -np.inf) for i in row] for u, row in enumerate(chosen)],
-            dtype=np.float32,
-        )
-        return Recommendations(chosen, chosen_scores)
+        return Recommendations(*rerank_tail_scored(cand_items, cand_scores, is_tail, strength, k))
 
     def explain(self, history: np.ndarray, recommended: np.ndarray) -> list[str]:
         """For each recommended item, the history item whose text it reads most like."""

@@ -513,7 +513,7 @@ class LiveModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k positions and scores per row: one search over [model | text] vectors, the
         excluded positions removed, then the tail-aware re-ranking at `strength`."""
-        from tailor.rerank import rerank_tail
+        from tailor.rerank import rerank_tail_scored
 
         n = len(users)
         if queries is None:
@@ -540,16 +540,7 @@ class LiveModel:
                     break
         if strength <= 0:
             return cand[:, :k], cand_scores[:, :k]
-        chosen = rerank_tail(cand, cand_scores, np.asarray(self.is_tail), strength, k)
-        lookup = [
-            dict(zip(c.tolist(), s.tolist(), strict=True))
-            for c, s in zip(cand, cand_scores, strict=True)
-        ]
-        chosen_scores = np.array(
-            [[lookup[r].get(int(i), -np.inf) for i in row] for r, row in enumerate(chosen)],
-            dtype=np.float32,
-        ).reshape(n, k)
-        return chosen, chosen_scores
+        return rerank_tail_scored(cand, cand_scores, np.asarray(self.is_tail), strength, k)
 
     def rank_scores(
         self, scores: np.ndarray, excluded: Sequence[Collection[int]], k: int, strength: float

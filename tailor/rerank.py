@@ -190,6 +190,22 @@ def _first_k_columns(mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return first, np.minimum(mask.sum(axis=1), k)
 
 
+def rerank_tail_scored(
+    candidates: np.ndarray, scores: np.ndarray, is_tail: np.ndarray, strength: float, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rerank_tail`, plus each chosen item's score from `scores` (-inf where padded)."""
+    chosen = rerank_tail(candidates, scores, is_tail, strength, k)
+    lookup = [
+        dict(zip(c.tolist(), s.tolist(), strict=True))
+        for c, s in zip(candidates, scores, strict=True)
+    ]
+    chosen_scores = np.array(
+        [[lookup[r].get(int(i), -np.inf) for i in row] for r, row in enumerate(chosen)],
+        dtype=np.float32,
+    ).reshape(chosen.shape)
+    return chosen, chosen_scores
+
+
 def _rerank_one(
     candidates: np.ndarray, scores: np.ndarray, is_tail: np.ndarray, strength: float, k: int
 ) -> list[int]:
