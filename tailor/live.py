@@ -391,10 +391,12 @@ class LiveModel:
         # `hidden` items are left out as if the bundle never had them (evaluation only).
         self.position = {i: p for p, i in enumerate(self.item_ids) if i not in hidden}
         popularity = bundle.items[POPULARITY].to_numpy()
-        self.is_tail = list(~head_mask(popularity, settings.eval.head_share))
+        self.is_tail = ~head_mask(popularity, settings.eval.head_share)
         self.new = np.zeros(len(self.item_ids), dtype=bool)
         self.text = _Rows(bundle.text_vectors)
         visible = np.array(sorted(self.position.values()), dtype=np.int64)
+        self.hidden = np.ones(len(self.item_ids), dtype=bool)  # positions never served
+        self.hidden[visible] = False
         shown = set(visible.tolist())
         self.popular = [int(p) for p in np.argsort(-popularity, kind="stable") if p in shown]
         self.model_dim = self.model.vector_dim
@@ -439,9 +441,11 @@ class LiveModel:
                 self.item_ids.append(item)
                 self.labels.append(label)
                 self.texts.append(text)
-                self.is_tail.append(True)  # no events yet: tail by definition
                 self.position[item] = int(pos)
             self.new = np.concatenate([self.new, np.ones(len(fresh), dtype=bool)])
+            # No events yet: tail by definition.
+            self.is_tail = np.concatenate([self.is_tail, np.ones(len(fresh), dtype=bool)])
+            self.hidden = np.concatenate([self.hidden, np.zeros(len(fresh), dtype=bool)])
             self.text.append(vectors)
             self._index_rows(positions)
         if known:
@@ -457,6 +461,14 @@ class LiveModel:
     def _index_rows(self, positions: np.ndarray) -> None:
         rows = np.hstack([self.model.item_vectors(positions), self.text.view[positions]])
         self.index.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), positions)
+
+    def pending_items(self, catalogue: Mapping[str, tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(id, text, label) of catalogue items this model lacks or reads differently."""
+        return [
+            (item, text, label)
+            for item, (text, label) in catalogue.items()
+            if self.text_of(item) != text
+        ]
 
     def text_of(self, item_id: str) -> str | None:
         pos = self.position.get(item_id)
@@ -540,7 +552,7 @@ class LiveModel:
                     break
         if strength <= 0:
             return cand[:, :k], cand_scores[:, :k]
-        return rerank_tail_scored(cand, cand_scores, np.asarray(self.is_tail), strength, k)
+        return rerank_tail_scored(cand, cand_scores, self.is_tail, strength, k)
 
     def rank_scores(
         self, scores: np.ndarray, excluded: Sequence[Collection[int]], k: int, strength: float
@@ -549,9 +561,7 @@ class LiveModel:
         from tailor.rerank import rerank_tail
 
         scores = np.array(scores, dtype=np.float32)
-        hidden = np.ones(scores.shape[1], dtype=bool)
-        hidden[list(self.position.values())] = False
-        scores[:, hidden] = -np.inf
+        scores[:, self.hidden] = -np.inf
         for row, drop in enumerate(excluded):
             if drop:
                 scores[row, list(drop)] = -np.inf
@@ -563,7 +573,7 @@ class LiveModel:
         cand_scores = np.take_along_axis(top_scores, order, axis=1)
         cand[~np.isfinite(cand_scores)] = -1
         if strength > 0:
-            chosen = rerank_tail(cand, cand_scores, np.asarray(self.is_tail), strength, k)
+            chosen = rerank_tail(cand, cand_scores, self.is_tail, strength, k)
         else:
             chosen = cand[:, :k]
         chosen_scores = np.where(
@@ -744,11 +754,7 @@ def build_live_model(
     differently (inserted live, or added to the source since training) are embedded and
     upserted, and the profile pool is built with this model's user vectors."""
     model = LiveModel(bundle, version, settings)
-    pending = [
-        (item, text, label)
-        for item, (text, label) in state.items.items()
-        if model.text_of(item) != text
-    ]
+    pending = model.pending_items(state.items)
     if pending and not model.text_space:
         log.warning("%d items differ from the bundle but cannot be embedded", len(pending))
     elif pending:

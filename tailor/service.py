@@ -179,11 +179,7 @@ class Service:
         assert self.state is not None
         if texts is not self.texts:
             self.state.embed_profiles(texts, self.settings.serve.profile_fields)
-        pending = [
-            (item, text, label)
-            for item, (text, label) in self.state.items.items()
-            if model.text_of(item) != text
-        ]
+        pending = model.pending_items(self.state.items)
         if pending and model.text_space:
             cached = [self._inserted.get(item) for item, _, _ in pending]
             if texts is self.texts and all(v is not None for v in cached):
