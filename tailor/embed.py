@@ -80,6 +80,25 @@ def pick_device(device: str) -> str:
     return device
 
 
+def tokenized_batches(tokenizer, texts: Sequence[str], settings: EmbedSettings, tensors: str):
+    """(positions in `texts`, tokenised batch) pairs, shortest texts first: sorting by length
+    keeps padding (wasted compute) small inside each batch."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), settings.batch_size):
+        idx = order[start : start + settings.batch_size]
+        batch = [texts[i] for i in idx]
+        yield (
+            idx,
+            tokenizer(
+                batch,
+                padding=True,
+                truncation=True,
+                max_length=settings.max_length,
+                return_tensors=tensors,
+            ),
+        )
+
+
 class TransformerEncoder:
     """Mean-pooled, L2-normalised sentence vectors from a Hugging Face encoder."""
 
@@ -104,21 +123,10 @@ class TransformerEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        # Sorting by length keeps padding (wasted compute) small inside each batch.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        bs = self.settings.batch_size
-        batches = range(0, len(texts), bs)
         bar = tqdm(total=len(texts), desc="embed", unit="text", disable=not progress)
         with torch.inference_mode():
-            for start in batches:
-                idx = order[start : start + bs]
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.settings.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+            for idx, enc in tokenized_batches(self.tokenizer, texts, self.settings, "pt"):
+                enc = enc.to(self.device)
                 hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -250,17 +258,7 @@ class OnnxEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        bs = self.settings.batch_size
-        for start in range(0, len(texts), bs):
-            idx = order[start : start + bs]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.settings.max_length,
-                return_tensors="np",
-            )
+        for idx, enc in tokenized_batches(self.tokenizer, texts, self.settings, "np"):
             mask = enc["attention_mask"].astype(np.int64)
             (hidden,) = self.session.run(
                 None, {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": mask}
