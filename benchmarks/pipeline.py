@@ -33,19 +33,17 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
     args = parser.parse_args()
 
-    from tailor.bundle import Bundle
-    from tailor.index import build_index, search_index
-    from tailor.pipeline import (
-        assemble_bundle,
-        build_item_index,
-        embed_items,
-        evaluate_models,
-        fine_tune,
-        prepare_data,
-    )
-    from tailor.refresh import compute_recommendations
+    from tailor.models.bundle import Bundle
+    from tailor.models.index import build_index, search_index
+    from tailor.serving.batch import bundle_policy, compute_recommendations
+    from tailor.serving.store import RecommendationStore
     from tailor.settings import IndexSettings, load_settings
-    from tailor.store import RecommendationStore
+    from tailor.stages import index as index_stage
+    from tailor.stages.data import prepare_data
+    from tailor.stages.embed import embed_items
+    from tailor.stages.evaluate import evaluate_models
+    from tailor.stages.register import bundle_model
+    from tailor.stages.train import train_recommender
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tailor-bench-"))
     overrides: dict = {"workdir": workdir}
@@ -86,27 +84,30 @@ def main() -> int:
         lambda: embed_items(prepared.items, settings, progress=False),
         lambda r: f"{r.n_embedded} embedded, {r.n_reused} reused",
     )
-    tuned = stage(
-        "fine-tune",
-        lambda: fine_tune(prepared, embedded.vectors, settings, out, progress=False),
+    trained = stage(
+        "train (evaluation fit)",
+        lambda: train_recommender(prepared, embedded.vectors, settings, out, progress=False),
         lambda r: f"{len(r.losses)} epochs, best {r.best_epoch}",
     )
     index_path = stage(
         "build index",
-        lambda: build_item_index(tuned.model_dir, embedded.vectors, settings, out),
+        lambda: index_stage.build_index(
+            trained.model_dir, embedded.vectors, settings.index, settings.seed, out
+        ),
     )
     evaluation = stage(
-        f"evaluate (model + {len(settings.eval.baselines)} tuned baselines, valid/test/cold)",
-        lambda: evaluate_models(prepared, embedded.vectors, tuned, settings, out),
+        f"evaluate (model + {len(settings.eval.baselines)} searched baselines, valid/test/cold)",
+        lambda: evaluate_models(prepared, embedded.vectors, trained, settings, out),
     )
-    bundle_dir = assemble_bundle(
-        prepared, embedded.vectors, tuned.model_dir, index_path, settings, out
+    bundle_dir = bundle_model(
+        prepared, embedded.vectors, trained.model_dir, index_path, settings, out
     )
     bundle = Bundle(bundle_dir)
     interactions = pl.read_parquet(prepared.interactions)
+    policy = bundle_policy(bundle, settings.refresh.k, settings.rerank, settings.eval.head_share)
     recs = stage(
         f"refresh: top-{settings.refresh.k} for all users",
-        lambda: compute_recommendations(bundle, interactions, settings.refresh.k),
+        lambda: compute_recommendations(bundle, interactions, policy),
         lambda r: f"{r.height} rows",
     )
     store = RecommendationStore(f"sqlite:///{workdir / 'bench-recs.db'}")

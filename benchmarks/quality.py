@@ -43,7 +43,7 @@ def main() -> int:
     result = train(settings=settings)
     seconds = time.perf_counter() - started
 
-    print((result.out_dir / "evaluation.md").read_text())
+    print((result.out_dir / "evaluation" / "evaluation.md").read_text())
     primary = result.metrics["tailor-seq"]
     rows = []
     for claim, minimum, against in TARGETS:
@@ -77,11 +77,11 @@ def main() -> int:
     )
     lines = ["## Targets", "", "| target | required | measured | |", "| --- | --- | --- | --- |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    targets = result.out_dir / "targets.md"
+    targets = result.out_dir / "evaluation" / "targets.md"
     targets.write_text("\n".join(lines) + "\n")
     print("\n" + targets.read_text())
 
-    from tailor.tracking import client_for, log_artifact
+    from tailor.tracking.runs import client_for, log_artifact
 
     # Next to the comparison table in the run, so the MLflow UI shows both.
     log_artifact(client_for(settings.tracking_uri), result.run_id, targets, "evaluation")

@@ -239,8 +239,8 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated scenario name prefixes")
     args = parser.parse_args()
 
+    from tailor.serving.store import RecommendationStore
     from tailor.settings import load_settings
-    from tailor.store import RecommendationStore
 
     try:  # the client's own overhead counts in every latency: keep it small
         import uvloop
@@ -273,9 +273,9 @@ def main() -> int:
             f"{ready['model_version']}, {ready['items']} items, {ready['users']} users"
         )
 
-        from tailor.pipeline import clean_sources
+        from tailor.data.load import load_clean
 
-        catalogue = clean_sources(settings).items["item_id"].to_list()
+        catalogue = load_clean(settings).items["item_id"].to_list()
 
         def precomputed(i: int) -> Request:
             return "GET", f"/users/{rng.choice(users)}/recommendations?k=20", None

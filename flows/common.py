@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect.runtime import flow_run
 
 from tailor.settings import Settings, load_settings
-from tailor.tracking import client_for, ensure_experiment, finish_run, start_or_resume_run
+from tailor.tracking.record import Record, log_record
+from tailor.tracking.runs import client_for, ensure_experiment, finish_run, start_or_resume_run
 
 
 def resolve_settings(settings: Settings | None, preset: str | None, config: str | None) -> Settings:
@@ -18,66 +20,48 @@ def resolve_settings(settings: Settings | None, preset: str | None, config: str 
     return load_settings(Path(config) if config else None, preset=preset)
 
 
+@dataclass
+class TrackedRun:
+    """The MLflow run of one flow run; `log` writes what one step records."""
+
+    client: object
+    run_id: str
+    out_dir: Path
+
+    def log(self, result) -> dict[str, str]:
+        """`result.record()` (or a `Record`) into this run; returns child run ids by name."""
+        record = result if isinstance(result, Record) else result.record()
+        return log_record(self.client, self.run_id, record)
+
+
 @contextmanager
-def tracked_run(settings: Settings, experiment: str, run_name: str) -> Iterator[tuple[object, str]]:
-    """Create (or, for a retried flow run, reuse) the MLflow run and close it with the outcome."""
+def tracked_run(settings: Settings, experiment: str, flow: str) -> Iterator[TrackedRun]:
+    """Create (or, for a retried flow run, reuse) the MLflow run, log the settings as params,
+    and close it with the outcome. Outputs go to `settings.runs_dir / <run id>`."""
     client = client_for(settings.tracking_uri)
     experiment_id = ensure_experiment(client, experiment, settings.artifact_root)
-    flow_run_id = flow_run.get_id()
     run_id = start_or_resume_run(
         client,
         experiment_id,
-        flow_run_id,
-        run_name=f"{run_name}-{flow_run.get_name() or 'local'}",
-        tags={"tailor.flow": run_name},
+        flow_run.get_id(),
+        run_name=f"{flow}-{flow_run.get_name() or 'local'}",
+        tags={"tailor.flow": flow},
     )
+    run = TrackedRun(client, run_id, settings.runs_dir / run_id)
     try:
-        yield client, run_id
+        run.log(Record(params=settings.flat()))
+        yield run
     except BaseException:
         finish_run(client, run_id, ok=False)
         raise
     finish_run(client, run_id, ok=True)
 
 
-def log_baseline_runs(client, parent_run_id: str, evaluation, settings: Settings) -> None:
-    """Each baseline as a child run (chosen parameters + metrics), its tuning trials beneath it.
+def embedding_of(state):
+    """The embed task's result; a cache hit means the encoder did not run in this flow run."""
+    from dataclasses import replace
 
-    Child runs share the parent's experiment, so the MLflow UI compares the fine-tuned model
-    and every baseline side by side.
-    """
-    from tailor.tracking import log_metrics, log_params
-
-    parent = client.get_run(parent_run_id)
-    experiment_id = parent.info.experiment_id
-    existing = {
-        r.data.tags.get("tailor.model"): r.info.run_id
-        for r in client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
-        )
-    }
-    for name, metrics in evaluation.metrics.items():
-        if name == evaluation.primary or name in existing:
-            continue  # a retried flow run keeps the child runs it already made
-        child = client.create_run(
-            experiment_id,
-            run_name=name,
-            tags={
-                "mlflow.parentRunId": parent_run_id,
-                "tailor.model": name,
-                "tailor.flow": "baseline",
-            },
-        ).info.run_id
-        log_params(
-            client, child, {f"{name}.{k}": v for k, v in evaluation.params.get(name, {}).items()}
-        )
-        log_metrics(client, child, metrics)
-        for number, trial in enumerate(t for t in evaluation.trials if t.model == name):
-            grandchild = client.create_run(
-                experiment_id,
-                run_name=f"{name}-trial-{number}",
-                tags={"mlflow.parentRunId": child, "tailor.model": name, "tailor.flow": "trial"},
-            ).info.run_id
-            log_params(client, grandchild, trial.params)
-            log_metrics(client, grandchild, {"valid_ndcg_at_10": trial.valid_ndcg_at_10})
-            client.set_terminated(grandchild)
-        client.set_terminated(child)
+    embedded = state.result()
+    if state.name == "Cached":
+        return replace(embedded, n_embedded=0, n_reused=embedded.n_embedded + embedded.n_reused)
+    return embedded

@@ -1,4 +1,4 @@
-"""Training: clean -> embed -> fine-tune -> index -> evaluate -> register (with the gate)."""
+"""Training: clean -> embed -> train -> index -> evaluate -> register (with the gate)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.common import log_baseline_runs, resolve_settings, tracked_run
+from flows.common import embedding_of, resolve_settings, tracked_run
 from tailor.settings import Settings
-from tailor.tracking import log_artifact, log_metrics, log_params
-from tasks.data import clean_data
-from tasks.embed import embed_item_texts, tune_encoder
-from tasks.evaluate import evaluate, evaluate_live_cold_start
-from tasks.register import bundle_model, register_model, score_current_champion
-from tasks.train import build_index, fine_tune_model
+from tasks.data import prepare_data
+from tasks.embed import embed_items, tune_encoder
+from tasks.evaluate import evaluate_cold_start, evaluate_models
+from tasks.index import build_index
+from tasks.register import bundle_model, register_model, score_champion
+from tasks.train import train_recommender
 
 
 class TrainResult(BaseModel):
@@ -26,7 +26,7 @@ class TrainResult(BaseModel):
     gate_reason: str
     metrics: dict[str, dict[str, float]]
     significance: dict[str, dict[str, float | str]]
-    live: dict[str, float]  # cold start through the service path (`tailor.pipeline.ColdStart`)
+    live: dict[str, float]  # cold start through the service path
     n_embedded: int
     n_reused: int
 
@@ -37,113 +37,61 @@ def train(
 ) -> TrainResult:
     """Train, evaluate against baselines, and register a new model version."""
     settings = resolve_settings(settings, preset, config)
-    with tracked_run(settings, settings.tracking.experiment, "train") as (client, run_id):
-        out_dir = settings.runs_dir / run_id
-        log_params(client, run_id, settings.flat())
+    with tracked_run(settings, settings.tracking.experiment, "train") as run:
+        out = run.out_dir
+        prepared = prepare_data(settings, out / "data")
+        run.log(prepared)
 
-        prepared = clean_data(settings, out_dir / "data")
-        _log_cleaning(client, run_id, prepared)
+        # The bundle's settings name the encoder actually used (a tuned one, if any), so the
+        # service embeds queries and new items into the same space.
+        encoded = tune_encoder(prepared, settings)
+        embedded = embedding_of(embed_items(prepared.items, encoded, return_state=True))
+        run.log(embedded)
 
-        embed_settings = tune_encoder(prepared, settings)
-        state = embed_item_texts(prepared.items, embed_settings, return_state=True)
-        embedded = state.result()
-        # A cache hit means the encoder did not run at all in this flow run.
-        cached = state.name == "Cached"
-        n_embedded = 0 if cached else embedded.n_embedded
-        n_reused = prepared.n_items if cached else embedded.n_reused
-        log_metrics(client, run_id, {"items_embedded": n_embedded, "items_reused": n_reused})
+        trained = train_recommender(prepared, embedded.vectors, settings, out)
+        run.log(trained)
 
-        tuned = fine_tune_model(prepared, embedded.vectors, settings, out_dir)
-        for epoch, loss in enumerate(tuned.losses, start=1):
-            log_metrics(client, run_id, {"train_loss": loss}, step=epoch)
-        for epoch, score in enumerate(tuned.valid_scores, start=1):
-            log_metrics(client, run_id, {"epoch_valid_ndcg_at_10": score}, step=epoch)
-        log_metrics(client, run_id, {"best_epoch": tuned.best_epoch, "fit_seconds": tuned.seconds})
-
-        index_path = build_index(tuned.model_dir, embedded.vectors, settings, out_dir)
+        index = build_index(trained.model_dir, embedded.vectors, settings.index, settings.seed, out)
+        # The pre-trained encoder's vectors too, when tuned, for the text-only baseline.
         frozen = embedded.vectors
-        if embed_settings.embed.model != settings.embed.model:
-            # The pre-trained encoder's vectors too, for the text-only baseline.
-            frozen = embed_item_texts(prepared.items, settings).vectors
-        evaluation = evaluate(prepared, embedded.vectors, tuned, settings, out_dir, frozen)
-        primary = evaluation.metrics[evaluation.primary]
-        log_metrics(client, run_id, primary)
-        for name, values in evaluation.metrics.items():
-            if name != evaluation.primary:
-                log_metrics(client, run_id, values, prefix=f"{name}.")
-        log_baseline_runs(client, run_id, evaluation, settings)
-        for claim, sig in evaluation.significance.items():
-            log_metrics(
-                client,
-                run_id,
-                {f"{claim}.{key}": sig[key] for key in ("ratio", "gain", "low", "high")},
-                prefix="vs_baseline.",
-            )
-        for step, row in enumerate(evaluation.sweep):
-            log_metrics(client, run_id, row, step=step, prefix="rerank_sweep.")
-        for path in (evaluation.table, evaluation.plot, evaluation.tradeoff, evaluation.sample):
-            log_artifact(client, run_id, path, "evaluation")
-
-        # Bundled with the settings that name the encoder actually used (a tuned one, if any),
-        # so the service embeds queries and new items into the same space.
-        bundle = bundle_model(
-            prepared, embedded.vectors, tuned.model_dir, index_path, embed_settings, out_dir
+        if encoded.embed.model != settings.embed.model:
+            frozen = embed_items(prepared.items, settings).vectors
+        evaluation = evaluate_models(
+            prepared, embedded.vectors, trained, settings, out / "evaluation", frozen
         )
-        cold_start = evaluate_live_cold_start(prepared, bundle, settings, out_dir / "cold_start")
-        log_metrics(client, run_id, cold_start.metrics, prefix="live.")
-        log_artifact(client, run_id, cold_start.table, "evaluation")
+        run.log(evaluation)
 
-        gate_value = primary.get(settings.eval.gate_metric, float("nan"))
-        current = score_current_champion(prepared, settings)
-        champion_score = None
+        bundle = bundle_model(prepared, embedded.vectors, trained.model_dir, index, encoded, out)
+        cold_start = evaluate_cold_start(prepared, bundle, settings, out / "cold_start")
+        run.log(cold_start)
+
+        current = score_champion(prepared, settings)
         if current is not None:
-            log_metrics(client, run_id, current.metrics, prefix="champion.")
-            champion_score = (
-                current.version,
-                current.metrics.get(settings.eval.gate_metric, float("nan")),
-            )
-        decision = register_model(bundle, settings, run_id, gate_value, champion_score)
-        client.set_tag(run_id, "model_version", decision.version)
-        client.set_tag(run_id, "promoted", str(decision.promoted))
-        client.set_tag(run_id, "gate", decision.reason)
+            run.log(current)
+        gate_value = evaluation.metrics[evaluation.primary].get(
+            settings.eval.gate_metric, float("nan")
+        )
+        decision = register_model(bundle, settings, run.run_id, gate_value, current)
+        run.log(decision)
 
+        summary = evaluation.table.read_text() + "\n" + cold_start.table.read_text()
         create_markdown_artifact(
             key="train-summary",
-            markdown=_summary_markdown(
-                settings,
-                run_id,
-                decision,
-                evaluation.table.read_text() + "\n" + cold_start.table.read_text(),
-            ),
+            markdown=_summary_markdown(settings, run.run_id, decision, summary),
             description="Metrics of this training run against the baselines",
         )
         return TrainResult(
-            run_id=run_id,
-            out_dir=out_dir,
+            run_id=run.run_id,
+            out_dir=out,
             model_version=decision.version,
             promoted=decision.promoted,
             gate_reason=decision.reason,
             metrics=evaluation.metrics,
             significance=evaluation.significance,
             live=cold_start.metrics,
-            n_embedded=n_embedded,
-            n_reused=n_reused,
+            n_embedded=embedded.n_embedded,
+            n_reused=embedded.n_reused,
         )
-
-
-def _log_cleaning(client, run_id: str, prepared) -> None:
-    metrics = {
-        "n_users": prepared.n_users,
-        "n_items": prepared.n_items,
-        "n_interactions": prepared.n_interactions,
-    }
-    for source, report in prepared.report.items():
-        for reason, count in (report.get("rejected") or {}).items():
-            metrics[f"quarantined.{source}.{reason.replace(' ', '_')}"] = count
-    log_metrics(client, run_id, metrics)
-    folder = Path(prepared.quarantine).parent
-    log_artifact(client, run_id, folder / "cleaning_report.json", "cleaning")
-    log_artifact(client, run_id, prepared.quarantine, "cleaning")
 
 
 def _summary_markdown(settings: Settings, run_id: str, decision, table: str) -> str:

@@ -1,15 +1,23 @@
-"""`tailor` command line: run the pipeline, refresh, and read recommendations."""
+"""`tailor` command line: run the pipeline, refresh, and read recommendations.
+
+Flows, the server and the store are imported inside the commands on purpose: Prefect reads
+its settings from the environment when it is imported, so `configure_environment` must run
+first, and `tailor recommend` should not pay for importing torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
+from tailor.env import configure_environment
+from tailor.settings import load_settings
+
 
 def _settings(args: argparse.Namespace):
-    from tailor.settings import load_settings
-
     overrides = {}
     if getattr(args, "workdir", None):
         overrides["workdir"] = Path(args.workdir)
@@ -19,8 +27,6 @@ def _settings(args: argparse.Namespace):
 
 
 def _prepare(args: argparse.Namespace):
-    from tailor.env import configure_environment
-
     settings = _settings(args)
     configure_environment(settings.workdir)
     return settings
@@ -46,11 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
     settings = _prepare(args)
-    from flows.tune import tune
+    from flows.search import search
 
-    result = tune(settings=settings)
+    result = search(settings=settings)
     print(result.table.read_text())
     chosen = ", ".join(f"train.{k}={v}" for k, v in result.best_params.items())
     print(f"best on validation: {chosen} (valid NDCG@10 {result.best_score:.4f})")
@@ -69,7 +75,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from tailor.store import RecommendationStore
+    from tailor.serving.store import RecommendationStore
 
     store = RecommendationStore(settings.store_url)
     try:
@@ -96,11 +102,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
-    from tailor.server import create_app
+    from tailor.serving.http import create_app
 
     settings = _prepare(args)
     serve = {}
@@ -184,8 +188,6 @@ def _print_refresh(result) -> None:
 
 
 def _print_where(settings) -> None:
-    import os
-
     workdir = settings.workdir.resolve()
     prefect_home = os.environ.get("PREFECT_HOME", str(workdir / "prefect"))
     print("\n== where things are")
@@ -221,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", parents=[common], help="train, evaluate and register only"
     ).set_defaults(func=cmd_train)
     sub.add_parser(
-        "tune", parents=[common], help="grid-search model hyper-parameters on validation"
-    ).set_defaults(func=cmd_tune)
+        "search", parents=[common], help="grid-search model hyper-parameters on validation"
+    ).set_defaults(func=cmd_search)
     refresh = sub.add_parser("refresh", parents=[common], help="recompute every user's list")
     refresh.add_argument("--model-version", help="registered version (default: champion)")
     refresh.set_defaults(func=cmd_refresh)

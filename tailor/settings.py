@@ -103,7 +103,7 @@ class EncoderTuningSettings(_Section):
     """Optional contrastive fine-tuning of the text encoder on collaborative neighbours."""
 
     enabled: bool = Field(
-        False, description="Fine-tune the encoder before embedding (see tailor.tune_encoder)."
+        False, description="Tune the encoder before embedding (see tailor.models.encoder_tuning)."
     )
     epochs: int = Field(2, ge=1, description="Passes over the items with training events.")
     batch_size: int = Field(64, ge=2, description="Item pairs per step (in-batch negatives).")
@@ -201,7 +201,7 @@ class TrainSettings(_Section):
 
 
 class SearchSettings(_Section):
-    """Grid of model hyper-parameters for `tailor tune`; every combination is one trial.
+    """Grid of model hyper-parameters for `tailor search`; every combination is one trial.
 
     Each trial trains on the train events, early-stops on validation and is scored by
     validation NDCG@10 at the configured re-ranking strength; the test events are not used.
@@ -229,7 +229,7 @@ class SearchSettings(_Section):
 
 
 class EvalSettings(_Section):
-    """The evaluation protocol (DESIGN.md): temporal leave-one-out, full ranking."""
+    """The evaluation protocol (docs/ARCHITECTURE.md): temporal leave-one-out, full ranking."""
 
     ks: list[int] = Field([10, 20], description="Cut-offs for ranking metrics.")
     head_share: float = Field(
@@ -252,7 +252,7 @@ class EvalSettings(_Section):
         ["most-popular", "item-knn", "ease", "als", "text-cosine"],
         description="Baselines evaluated in the same run.",
     )
-    tune_baselines: bool = Field(
+    search_baselines: bool = Field(
         True, description="Grid-search each baseline on validation (else its defaults)."
     )
     bootstrap_resamples: int = Field(

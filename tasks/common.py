@@ -7,7 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tailor.data import DataError
+from tailor.data.sources import DataError
 
 # Failures worth retrying here are transient (a locked SQLite file, a busy disk, a flaky
 # mount): 1 s, 2 s, 4 s is enough to ride them out without stalling a nightly run.

@@ -2,15 +2,16 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from tailor.pipeline import PreparedData, prepare_data
 from tailor.settings import Settings
+from tailor.stages import data as stage
+from tailor.stages.data import PreparedData
 from tasks.common import stage_task
 
 
 @stage_task()
-def clean_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) -> PreparedData:
+def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) -> PreparedData:
     """Load, clean (rejects to quarantine) and split the configured data."""
-    prepared = prepare_data(settings, out_dir, hold_out_cold=hold_out_cold)
+    prepared = stage.prepare_data(settings, out_dir, hold_out_cold=hold_out_cold)
     logger = get_run_logger()
     for source, report in prepared.report.items():
         logger.info(

@@ -4,14 +4,10 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.context import TaskRunContext
 
-from tailor.pipeline import (
-    EmbeddedItems,
-    PreparedData,
-    embed_items,
-    item_texts_key,
-    tune_text_encoder,
-)
 from tailor.settings import Settings
+from tailor.stages import embed as stage
+from tailor.stages.data import PreparedData
+from tailor.stages.embed import EmbeddedItems
 from tasks.common import stage_task
 
 
@@ -22,16 +18,16 @@ def _embedding_cache_key(context: TaskRunContext, parameters: dict[str, Any]) ->
     the key is withheld so the task runs again instead of returning a dangling path.
     """
     settings: Settings = parameters["settings"]
-    key = item_texts_key(Path(parameters["items_path"]), settings)
+    key = stage.item_texts_key(Path(parameters["items_path"]), settings)
     if not (settings.cache_dir / "item_vectors" / f"{key}.npy").is_file():
         return None
     return f"embed-{key}"
 
 
 @stage_task(cache_key_fn=_embedding_cache_key, persist_result=True)
-def embed_item_texts(items_path: Path, settings: Settings) -> EmbeddedItems:
+def embed_items(items_path: Path, settings: Settings) -> EmbeddedItems:
     """Language-model vectors for every item; only new or changed texts reach the encoder."""
-    result = embed_items(items_path, settings)
+    result = stage.embed_items(items_path, settings)
     get_run_logger().info(
         "embedded %d item texts, reused %d from cache (%s)",
         result.n_embedded,
@@ -43,9 +39,8 @@ def embed_item_texts(items_path: Path, settings: Settings) -> EmbeddedItems:
 
 @stage_task()
 def tune_encoder(prepared: PreparedData, settings: Settings) -> Settings:
-    """Settings whose encoder is fine-tuned on this run's training events (when enabled)."""
-    model = tune_text_encoder(prepared, settings)
-    if model == settings.embed.model:
-        return settings
-    get_run_logger().info("item texts will be read by the tuned encoder %s", model)
-    return settings.model_copy(update={"embed": settings.embed.model_copy(update={"model": model})})
+    """Settings whose encoder is tuned on this run's training events (when enabled)."""
+    tuned = stage.tune_encoder(prepared, settings)
+    if tuned.embed.model != settings.embed.model:
+        get_run_logger().info("item texts will be read by the tuned encoder %s", tuned.embed.model)
+    return tuned

@@ -2,39 +2,37 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from tailor.pipeline import (
-    ColdStart,
-    Evaluation,
-    FineTuned,
-    PreparedData,
-    evaluate_cold_start,
-    evaluate_models,
-)
 from tailor.settings import Settings
+from tailor.stages import evaluate as stage
+from tailor.stages.data import PreparedData
+from tailor.stages.evaluate import ColdStart, Evaluation
+from tailor.stages.train import Trained
 from tasks.common import stage_task
 
 
 @stage_task()
-def evaluate(
+def evaluate_models(
     prepared: PreparedData,
     vectors_path: Path,
-    tuned: FineTuned,
+    trained: Trained,
     settings: Settings,
     out_dir: Path,
     frozen_vectors_path: Path | None = None,
 ) -> Evaluation:
-    """The fine-tuned model and every baseline under the default protocol."""
-    result = evaluate_models(prepared, vectors_path, tuned, settings, out_dir, frozen_vectors_path)
+    """The evaluation fit and every baseline under the default protocol."""
+    result = stage.evaluate_models(
+        prepared, vectors_path, trained, settings, out_dir, frozen_vectors_path
+    )
     get_run_logger().info("evaluation:\n%s", result.table.read_text())
     return result
 
 
 @stage_task()
-def evaluate_live_cold_start(
-    prepared: PreparedData, bundle: Path, settings: Settings, out_dir: Path
+def evaluate_cold_start(
+    prepared: PreparedData, bundle_dir: Path, settings: Settings, out_dir: Path
 ) -> ColdStart:
     """New users (profile only) and new items (inserted like the service does), measured
     through the live service's code on this run's test cases."""
-    result = evaluate_cold_start(prepared, bundle, settings, out_dir)
+    result = stage.evaluate_cold_start(prepared, bundle_dir, settings, out_dir)
     get_run_logger().info("cold start:\n%s", result.table.read_text())
     return result

@@ -3,8 +3,10 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from tailor.pipeline import PreparedData, SearchTrial, run_search_trial
 from tailor.settings import Settings
+from tailor.stages import search as stage
+from tailor.stages.data import PreparedData
+from tailor.stages.search import SearchTrial
 from tasks.common import stage_task
 
 
@@ -13,11 +15,11 @@ def search_trial(
     prepared: PreparedData, vectors_path: Path, settings: Settings, params: dict[str, Any]
 ) -> SearchTrial:
     """One hyper-parameter combination, trained and scored on validation."""
-    trial = run_search_trial(prepared, vectors_path, settings, params)
+    trial = stage.search_trial(prepared, vectors_path, settings, params)
     get_run_logger().info(
         "trial %s: valid NDCG@10 %.4f (best epoch %d, %.0f s)",
         params,
-        trial.metrics["valid_ndcg_at_10"],
+        trial.metrics[stage.OBJECTIVE],
         trial.best_epoch,
         trial.seconds,
     )

@@ -46,7 +46,7 @@ def tiny_settings(workdir: Path, **overrides) -> Settings:
 @pytest.fixture(scope="session")
 def mlflow_template() -> Path:
     """Migrating a fresh MLflow SQLite store costs seconds: do it once, copy per test."""
-    from tailor.tracking import client_for
+    from tailor.tracking.runs import client_for
 
     path = _SESSION_DIR / "mlflow-template.db"
     client = client_for(f"sqlite:///{path}")
@@ -78,7 +78,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def encoder():
     """The real packaged MiniLM encoder, loaded once."""
-    from tailor.embed import TransformerEncoder
+    from tailor.models.encoder import TransformerEncoder
 
     return TransformerEncoder()
 
@@ -86,3 +86,20 @@ def encoder():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def train_tiny_bundle(settings: Settings, root: Path):
+    """The stages of the train flow without Prefect: (prepared data, item vectors, evaluation
+    fit, bundle folder of that fit)."""
+    from tailor.stages.data import prepare_data
+    from tailor.stages.embed import embed_items
+    from tailor.stages.index import build_index
+    from tailor.stages.register import bundle_model
+    from tailor.stages.train import train_recommender
+
+    prepared = prepare_data(settings, root / "data")
+    embedded = embed_items(prepared.items, settings, progress=False)
+    trained = train_recommender(prepared, embedded.vectors, settings, root, progress=False)
+    index = build_index(trained.model_dir, embedded.vectors, settings.index, settings.seed, root)
+    folder = bundle_model(prepared, embedded.vectors, trained.model_dir, index, settings, root)
+    return prepared, embedded, trained, folder

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from tailor.baselines import (
+from tailor.models.baselines import (
     ALS,
     DEFAULT_GRIDS,
     EASE,
@@ -13,7 +13,7 @@ from tailor.baselines import (
     interaction_matrix,
     make_baseline,
 )
-from tailor.evaluate import top_k
+from tailor.ranking.topk import top_k
 
 
 def test_most_popular_ranks_by_popularity_and_skips_seen_items() -> None:

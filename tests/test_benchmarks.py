@@ -22,6 +22,6 @@ def test_pipeline_benchmark_prints_its_tables(tmp_path):
     assert "## Stages" in done.stdout and "## Quality (test split)" in done.stdout
     result = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     stages = [row["stage"] for row in result["stages"]]
-    assert stages[0] == "load + clean + split" and any("fine-tune" in s for s in stages)
+    assert stages[0] == "load + clean + split" and any(s.startswith("train") for s in stages)
     assert all(row["seconds"] >= 0 for row in result["stages"])
     assert "tailor-seq" in result["metrics"]

@@ -1,4 +1,4 @@
-"""Bundle, refresh and registry on a trained tiny model (no Prefect needed)."""
+"""Bundle, the nightly batch and the registry on a trained tiny model (no Prefect needed)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,20 @@ import polars as pl
 import pytest
 
 from tailor import columns as C
-from tailor.bundle import Bundle
-from tailor.pipeline import (
-    assemble_bundle,
-    build_item_index,
-    embed_items,
-    fine_tune,
-    load_histories,
-    prepare_data,
-)
-from tailor.refresh import POPULAR_REASON, compute_recommendations, summarize_recommendations
-from tailor.registry import load_bundle, register_bundle
-from tailor.tracking import client_for, ensure_experiment, start_or_resume_run
+from tailor.models.bundle import Bundle
+from tailor.ranking.explain import POPULAR_REASON
+from tailor.ranking.rank import RankPolicy, rank_histories
+from tailor.serving.batch import compute_recommendations
+from tailor.stages.data import load_histories
+from tailor.stages.refresh import summarize_recommendations
+from tailor.tracking.registry import load_bundle, register_bundle
+from tailor.tracking.runs import client_for, ensure_experiment, start_or_resume_run
+from tests.conftest import train_tiny_bundle
 
 
 @pytest.fixture
 def trained(settings, tmp_path):
-    prepared = prepare_data(settings, tmp_path / "data")
-    embedded = embed_items(prepared.items, settings, progress=False)
-    tuned = fine_tune(prepared, embedded.vectors, settings, tmp_path, progress=False)
-    index = build_item_index(tuned.model_dir, embedded.vectors, settings, tmp_path)
-    folder = assemble_bundle(prepared, embedded.vectors, tuned.model_dir, index, settings, tmp_path)
+    prepared, _, _, folder = train_tiny_bundle(settings, tmp_path)
     return prepared, folder
 
 
@@ -35,7 +28,7 @@ def test_recommendations_exclude_seen_items_and_explain_themselves(trained):
     prepared, folder = trained
     bundle = Bundle(folder)
     interactions = pl.read_parquet(prepared.interactions)
-    recs = compute_recommendations(bundle, interactions, k=5, extra_users=["newcomer"])
+    recs = compute_recommendations(bundle, interactions, RankPolicy(5), extra_users=["newcomer"])
     seen = set(zip(interactions[C.USER_ID], interactions[C.ITEM_ID], strict=True))
     pairs = set(zip(recs[C.USER_ID], recs[C.ITEM_ID], strict=True))
     assert not pairs & seen
@@ -58,7 +51,7 @@ def test_index_search_matches_exact_scoring(trained):
     bundle = Bundle(folder)
     hist = load_histories(prepared)
     histories = hist.train[:10]
-    via_index = bundle.recommend(histories, k=5).items
+    via_index = rank_histories(bundle.model, bundle.index, histories, RankPolicy(5)).items
     scores = bundle.model.score(histories)
     for row, h in enumerate(histories):
         scores[row, h] = -np.inf
@@ -69,7 +62,7 @@ def test_index_search_matches_exact_scoring(trained):
 def test_summary_and_plot(trained, tmp_path):
     prepared, folder = trained
     bundle = Bundle(folder)
-    recs = compute_recommendations(bundle, pl.read_parquet(prepared.interactions), k=5)
+    recs = compute_recommendations(bundle, pl.read_parquet(prepared.interactions), RankPolicy(5))
     summary = summarize_recommendations(recs, bundle, 0.2, tmp_path / "out")
     assert 0 < summary["coverage"] <= 1 and 0 <= summary["tail_share"] <= 1
     assert summary["rows"] == recs.height

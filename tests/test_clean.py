@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from tailor import columns as C
-from tailor.clean import (
+from tailor.data.clean import (
     DUPLICATE_ITEM_ID,
     DUPLICATE_ROW,
     DUPLICATE_USER_ID,
@@ -26,7 +26,7 @@ from tailor.clean import (
     parse_timestamps,
     summarize_quarantine,
 )
-from tailor.data import DataError, RawData
+from tailor.data.sources import DataError, RawData
 
 
 def _text(**cols: list[str | None]) -> pl.DataFrame:
@@ -115,7 +115,7 @@ def test_clean_items_vectors_need_their_columns() -> None:
 
 def test_clean_interactions_every_reason_counted(caplog: pytest.LogCaptureFixture) -> None:
     known = pl.Series(["a", "b", "c", "d"])
-    with caplog.at_level(logging.INFO, logger="tailor.clean"):
+    with caplog.at_level(logging.INFO, logger="tailor.data.clean"):
         clean, quarantine = clean_interactions(INTERACTIONS, "events.csv", known, None)
     counts = dict(quarantine.group_by(C.REASON).len().iter_rows())
     assert counts == {

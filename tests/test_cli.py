@@ -6,7 +6,7 @@ import polars as pl
 
 from tailor import columns as C
 from tailor.cli import main
-from tailor.store import RecommendationStore
+from tailor.serving.store import RecommendationStore
 
 
 def test_recommend_prints_items_with_reasons(settings, capsys, monkeypatch):

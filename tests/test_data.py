@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from tailor import columns as C
-from tailor import data
-from tailor.data import (
+from tailor.data import sources as data
+from tailor.data.sources import (
     DataError,
     fetch_movielens,
     generate_synthetic,

@@ -18,7 +18,7 @@ def _deployments() -> dict[str, dict]:
 
 def test_every_entrypoint_is_a_flow_accepting_its_parameters():
     found = _deployments()
-    assert {"nightly-refresh", "train", "train-and-refresh", "tune"} <= set(found)
+    assert {"nightly-refresh", "train", "train-and-refresh", "search"} <= set(found)
     for name, deployment in found.items():
         path, attr = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tailor.embed import EmbeddingCache, embed_texts, resolve_model_path
+from tailor.models.encoder import EmbeddingCache, embed_texts, resolve_model_path
 
 TEXTS = [
     "A rocket launches astronauts toward a distant planet.",
@@ -69,8 +69,9 @@ def test_cache_is_keyed_by_model(tmp_path):
 
 
 def test_warm_cache_never_loads_the_model(settings, tmp_path, monkeypatch):
-    import tailor.embed
-    from tailor.pipeline import embed_items, prepare_data
+    import tailor.models.encoder
+    from tailor.stages.data import prepare_data
+    from tailor.stages.embed import embed_items
 
     prepared = prepare_data(settings, tmp_path / "data")
     cold = embed_items(prepared.items, settings, progress=False)
@@ -79,7 +80,7 @@ def test_warm_cache_never_loads_the_model(settings, tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the encoder was loaded although every text was cached")
 
-    monkeypatch.setattr(tailor.embed, "TransformerEncoder", no_model)
+    monkeypatch.setattr(tailor.models.encoder, "TransformerEncoder", no_model)
     warm = embed_items(prepared.items, settings, progress=False)
     assert (warm.n_embedded, warm.n_reused) == (0, cold.n_embedded)
     np.testing.assert_array_equal(np.load(warm.vectors), np.load(cold.vectors))
@@ -88,7 +89,7 @@ def test_warm_cache_never_loads_the_model(settings, tmp_path, monkeypatch):
 def test_onnx_encoder_gives_the_pytorch_vectors(encoder, tmp_path):
     # The service embeds queries and new items with ONNX Runtime: they must land exactly where
     # the catalogue's PyTorch vectors are, in any batch, and the export is reused.
-    from tailor.embed import OnnxEncoder
+    from tailor.models.encoder import OnnxEncoder
     from tailor.settings import EmbedSettings
 
     onnx = OnnxEncoder(EmbedSettings(), tmp_path)

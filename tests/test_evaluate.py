@@ -3,20 +3,13 @@ import math
 import numpy as np
 import pytest
 
-from tailor import evaluate
-from tailor.baselines import MostPopular, TextCosine
-from tailor.evaluate import (
-    EvalResult,
-    evaluate_recommender,
-    exposure,
-    head_mask,
-    item_popularity,
-    metrics_table,
-    paired_bootstrap,
-    per_user_metric,
-    ranking_metrics,
-    top_k,
-)
+from tailor.evaluation.metrics import exposure, paired_bootstrap, per_user_metric, ranking_metrics
+from tailor.models.baselines import TextCosine
+from tailor.models.index import build_index
+from tailor.ranking import topk
+from tailor.ranking.rank import RankPolicy, rank_dense, rank_index, rank_scores
+from tailor.ranking.tail import head_mask, item_popularity
+from tailor.ranking.topk import top_k
 
 
 def _no_exclude(n: int) -> list[np.ndarray]:
@@ -78,7 +71,7 @@ def test_top_k_chunks_of_rows_give_the_same_lists(monkeypatch: pytest.MonkeyPatc
     scores = rng.integers(0, 3, size=(9, 12)).astype(np.float32)
     exclude = [rng.choice(12, size=3, replace=False) for _ in range(9)]
     whole = top_k(scores, exclude, 4)
-    monkeypatch.setattr(evaluate, "_TOP_K_CHUNK_ELEMENTS", 20)  # one row per chunk
+    monkeypatch.setattr(topk, "_TOP_K_CHUNK_ELEMENTS", 20)  # one row per chunk
     np.testing.assert_array_equal(top_k(scores, exclude, 4), whole)
 
 
@@ -212,7 +205,7 @@ def test_paired_bootstrap_rejects_unpaired_input() -> None:
         paired_bootstrap(np.zeros(0), np.zeros(0))
 
 
-# --- evaluate_recommender ------------------------------------------------------------------
+# --- the ranking path -----------------------------------------------------------------------
 
 
 class _BatchSpy:
@@ -241,59 +234,54 @@ def _toy_data(n_users: int = 23, n_items: int = 40, seed: int = 5):
     return vectors, histories, targets, popularity
 
 
-def test_evaluate_recommender_equals_direct_computation() -> None:
-    vectors, histories, targets, popularity = _toy_data()
+def test_dense_ranking_is_top_k_with_history_excluded() -> None:
+    vectors, histories, _, _ = _toy_data()
     rec = TextCosine(vectors)
-    result = evaluate_recommender(
-        rec, histories, targets, histories, popularity, 0.2, [5, 10], n_train_users=23
+    ranked = rank_dense(rec, histories, RankPolicy(10))
+    np.testing.assert_array_equal(ranked.items, top_k(rec.score(histories), histories, 10))
+    scores = rec.score(histories)
+    real = ranked.items >= 0
+    np.testing.assert_allclose(
+        ranked.scores[real], np.take_along_axis(scores, ranked.items.clip(min=0), 1)[real]
     )
-    top = top_k(rec.score(histories), histories, 10)
-    np.testing.assert_array_equal(result.top, top)
-    assert result.name == "text-cosine"
-    assert result.metrics == ranking_metrics(top, targets, popularity, 0.2, [5, 10], 23)
 
 
-def test_evaluate_recommender_batching_changes_nothing() -> None:
-    vectors, histories, targets, popularity = _toy_data()
-    args = (histories, targets, histories, popularity, 0.2, [3, 7], 23)
+def test_dense_ranking_batching_changes_nothing() -> None:
+    vectors, histories, _, _ = _toy_data()
     one = _BatchSpy(TextCosine(vectors))
-    small = evaluate_recommender(one, *args, batch_users=1)
-    big = evaluate_recommender(TextCosine(vectors), *args, batch_users=10_000)
+    small = rank_dense(one, histories, RankPolicy(7), batch_users=1)
+    big = rank_dense(TextCosine(vectors), histories, RankPolicy(7), batch_users=10_000)
     assert one.batches == [1] * 23
-    np.testing.assert_array_equal(small.top, big.top)
-    assert small.metrics == big.metrics
-    assert small.top.shape == (23, 7)
+    np.testing.assert_array_equal(small.items, big.items)
+    assert small.items.shape == (23, 7)
 
 
-def test_evaluate_recommender_checks_catalogue_size() -> None:
-    _, histories, targets, popularity = _toy_data()
-    with pytest.raises(ValueError):
-        evaluate_recommender(
-            MostPopular(popularity[:-1]), histories, targets, histories, popularity, 0.2, [5], 23
-        )
+def test_index_and_dense_ranking_agree_with_and_without_the_tail_knob() -> None:
+    # The served model is ranked through its index, the baselines from dense scores: both
+    # sources must give the same lists for the same scores, re-ranked or not.
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(60, 6)).astype(np.float32)
+    users = rng.normal(size=(9, 6)).astype(np.float32)
+    seen = [set(rng.choice(60, size=4, replace=False).tolist()) for _ in range(9)]
+    is_tail = rng.random(60) < 0.6
+    index = build_index(items)
+    for strength in (0.0, 0.3, 1.0):
+        policy = RankPolicy(8, strength, candidates=30, is_tail=is_tail)
+        via_index = rank_index(index, users, seen, policy)
+        dense = rank_scores(users @ items.T, seen, policy)
+        np.testing.assert_array_equal(via_index.items, dense.items)
+        np.testing.assert_allclose(via_index.scores, dense.scores, rtol=1e-5)
+        assert not any(set(row) & s for row, s in zip(via_index.items.tolist(), seen, strict=True))
 
 
-# --- table and exposure --------------------------------------------------------------------
+def test_policy_needs_tail_flags_to_re_rank() -> None:
+    with pytest.raises(ValueError, match="is_tail"):
+        RankPolicy(5, strength=0.2)
+    with pytest.raises(ValueError, match="positive"):
+        RankPolicy(0)
 
 
-def test_metrics_table_orders_columns_and_rounds() -> None:
-    results = [
-        EvalResult(
-            "a",
-            {"n_users": 4.0, "novelty_at_10": 2.0, "recall_at_20": 0.5, "recall_at_10": 0.25},
-            np.zeros((4, 20), dtype=np.int64),
-        ),
-        EvalResult("b", {"recall_at_10": 1 / 3, "tail_recall_at_10": math.nan}, np.zeros((1, 1))),
-    ]
-    table = metrics_table(results, prefix="valid_")
-    lines = table.strip().splitlines()
-    assert lines[0] == (
-        "| model | valid_recall_at_10 | valid_recall_at_20 | valid_tail_recall_at_10 "
-        "| valid_novelty_at_10 | valid_n_users |"
-    )
-    assert lines[1] == "| --- | ---: | ---: | ---: | ---: | ---: |"
-    assert lines[2] == "| a | 0.2500 | 0.5000 |  | 2.0000 | 4 |"
-    assert lines[3] == "| b | 0.3333 |  | nan |  |  |"
+# --- exposure -------------------------------------------------------------------------------
 
 
 def test_exposure_counts_list_appearances() -> None:

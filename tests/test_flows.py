@@ -9,8 +9,8 @@ from mlflow import MlflowClient
 from flows.pipeline import train_and_refresh
 from flows.refresh import nightly_refresh
 from flows.train import train
-from tailor.data import DataError
-from tailor.store import RecommendationStore, StoreError
+from tailor.data.sources import DataError
+from tailor.serving.store import RecommendationStore, StoreError
 from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -69,7 +69,7 @@ def test_train_and_refresh_end_to_end(settings):
     # scored (the model never saw it), and a live view makes that item "seen" for its user.
     from datetime import UTC, datetime
 
-    from tailor.livelog import LiveEvent, LiveItem, LiveLog
+    from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
 
     top = recs["item_id"][0]
     log = LiveLog(settings.live_url)
@@ -100,7 +100,8 @@ def test_second_run_embeds_nothing_and_both_runs_are_comparable(settings):
     assert {r.info.run_id for r in runs} == {first.run_id, second.run_id}
     # Every baseline is a child run of its training run, for side-by-side comparison.
     children = client.search_runs(
-        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{first.run_id}'"
+        [experiment.experiment_id],
+        f"tags.mlflow.parentRunId = '{first.run_id}' and tags.`tailor.flow` = 'baseline'",
     )
     assert {r.data.tags["tailor.model"] for r in children} == set(settings.eval.baselines)
     ease = next(r for r in children if r.data.tags["tailor.model"] == "ease")
@@ -122,7 +123,7 @@ def test_second_run_embeds_nothing_and_both_runs_are_comparable(settings):
 def test_task_failing_twice_is_retried_and_run_completes(settings, monkeypatch):
     import tasks.train
 
-    real = tasks.train.fine_tune
+    real = tasks.train.stage.train_recommender
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -131,7 +132,7 @@ def test_task_failing_twice_is_retried_and_run_completes(settings, monkeypatch):
             raise OSError("injected transient failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "fine_tune", flaky)
+    monkeypatch.setattr(tasks.train.stage, "train_recommender", flaky)
     result = train(settings=settings)
     assert calls["n"] == 3
     assert _client(settings).get_run(result.run_id).info.status == "FINISHED"
@@ -187,7 +188,7 @@ def test_missing_column_stops_the_run_with_a_named_error(workdir):
 
 
 def test_quarantined_rows_are_counted_and_logged(workdir):
-    from tailor.data import generate_synthetic
+    from tailor.data.sources import generate_synthetic
 
     raw = generate_synthetic(tiny_settings(workdir).data.synthetic, seed=1)
     bad = pl.DataFrame(
@@ -229,7 +230,7 @@ def test_quarantined_rows_are_counted_and_logged(workdir):
 
 
 def test_item_vectors_from_a_file_replace_the_encoder(workdir, rng):
-    from tailor.data import generate_synthetic
+    from tailor.data.sources import generate_synthetic
 
     base = tiny_settings(workdir)
     raw = generate_synthetic(base.data.synthetic, seed=base.seed)
@@ -258,13 +259,14 @@ def test_item_vectors_from_a_file_replace_the_encoder(workdir, rng):
     assert result.metrics["tailor-seq"]["test_ndcg_at_10"] >= 0.0
 
 
-def test_tune_flow_makes_one_child_run_per_trial_and_picks_the_best(workdir):
-    from flows.tune import OBJECTIVE, tune
+def test_search_flow_makes_one_child_run_per_trial_and_picks_the_best(workdir):
+    from flows.search import search
+    from tailor.stages.search import OBJECTIVE
 
     settings = tiny_settings(
         workdir, search={"learning_rate": [1e-3, 5e-3], "text_view_weight": [0.0, 0.3]}
     )
-    result = tune(settings=settings)
+    result = search(settings=settings)
     assert len(result.trials) == 4
     best = max(result.trials, key=lambda t: t[OBJECTIVE])
     assert result.best_score == best[OBJECTIVE]

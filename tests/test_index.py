@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tailor.index import build_index, choose_index_kind, load_index, save_index, search_index
+from tailor.models.index import build_index, choose_index_kind, load_index, save_index, search_index
 from tailor.settings import IndexSettings
 
 

@@ -1,4 +1,4 @@
-"""The live service's core (`tailor.live`) on a trained tiny model: no HTTP, no Prefect."""
+"""The live service's core (`tailor.serving`) on a trained tiny model: no HTTP, no Prefect."""
 
 from __future__ import annotations
 
@@ -6,21 +6,17 @@ import numpy as np
 import pytest
 
 from tailor import columns as C
-from tailor.bundle import Bundle
-from tailor.live import LiveModel, LiveQuery, LiveState, profile_text, recommend
-from tailor.livelog import LiveEvent, LiveItem, LiveLog
-from tailor.model import SeqRecommender
-from tailor.pipeline import (
-    assemble_bundle,
-    build_item_index,
-    clean_sources,
-    embed_items,
-    evaluate_cold_start,
-    fine_tune,
-    prepare_data,
-)
+from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
+from tailor.data.load import load_clean
+from tailor.models.bundle import Bundle
+from tailor.models.sequential import SeqRecommender
+from tailor.ranking.rank import RankPolicy
+from tailor.serving.live import LiveModel
+from tailor.serving.recommend import LiveQuery, recommend
+from tailor.serving.state import LiveState, profile_text
 from tailor.settings import TrainSettings
-from tests.conftest import tiny_settings
+from tailor.stages.evaluate import evaluate_cold_start
+from tests.conftest import tiny_settings, train_tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +32,12 @@ def trained(tmp_path_factory, mlflow_template):
         train={"epochs": 6, "text_view_weight": 0.3},
         serve={"profile_fields": ["interests"], "profile_neighbours": 10, "profile_prior": 2.0},
     )
-    prepared = prepare_data(settings, root / "data")
-    embedded = embed_items(prepared.items, settings, progress=False)
-    tuned = fine_tune(prepared, embedded.vectors, settings, root, progress=False)
-    index = build_item_index(tuned.model_dir, embedded.vectors, settings, root)
-    folder = assemble_bundle(prepared, embedded.vectors, tuned.model_dir, index, settings, root)
+    prepared, _, _, folder = train_tiny_bundle(settings, root)
     return settings, prepared, folder
 
 
 def _state(settings) -> LiveState:
-    clean = clean_sources(settings)
+    clean = load_clean(settings)
     return LiveState.from_frames(
         clean.interactions, clean.items, clean.users, settings.serve.profile_fields
     )
@@ -151,7 +143,7 @@ def test_live_log_round_trip_and_nightly_merge(settings, tmp_path):
     log = LiveLog(url)
     assert not log.exists() and log.items().is_empty() and log.events().is_empty()
     assert not (tmp_path / "live.db").exists()  # reading never creates the file
-    clean = clean_sources(settings)
+    clean = load_clean(settings)
     item = clean.items[C.ITEM_ID][0]
     log.upsert_items([LiveItem("brand-new", "A Brand New Thing", "Brand New")])
     log.upsert_items([LiveItem(item, "Rewritten text", "Rewritten")])
@@ -165,7 +157,7 @@ def test_live_log_round_trip_and_nightly_merge(settings, tmp_path):
     assert log.events()["kind"].to_list() == ["view", "click"]
     log.dispose()
 
-    merged = clean_sources(
+    merged = load_clean(
         settings.model_copy(update={"serve": settings.serve.model_copy(update={"live_url": url})})
     )
     assert merged.items.height == clean.items.height + 1
@@ -181,7 +173,7 @@ def test_live_log_round_trip_and_nightly_merge(settings, tmp_path):
 def test_nightly_refresh_can_recommend_items_newer_than_the_model(trained):
     import polars as pl
 
-    from tailor.refresh import add_new_items, compute_recommendations
+    from tailor.serving.batch import add_new_items, compute_recommendations
 
     settings, prepared, folder = trained
     bundle = Bundle(folder)
@@ -197,6 +189,6 @@ def test_nightly_refresh_can_recommend_items_newer_than_the_model(trained):
     assert add_new_items(bundle, items, settings.cache_dir) == 1
     assert add_new_items(bundle, items, settings.cache_dir) == 0  # already there
     assert bundle.index.ntotal == bundle.n_items == len(items)
-    recs = compute_recommendations(bundle, interactions, k=bundle.n_items)
+    recs = compute_recommendations(bundle, interactions, RankPolicy(bundle.n_items))
     mine = recs.filter(pl.col(C.USER_ID) == user)
     assert "tonight" in mine[C.ITEM_ID].to_list()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tailor.baselines import MostPopular
-from tailor.evaluate import evaluate_recommender, item_popularity
-from tailor.model import SeqRecommender, left_pad, make_training_windows
+from tailor.evaluation.metrics import ranking_metrics
+from tailor.models.baselines import MostPopular
+from tailor.models.sequential import SeqRecommender, left_pad, make_training_windows
+from tailor.ranking.rank import RankPolicy, rank_dense
+from tailor.ranking.tail import item_popularity
 from tailor.settings import TrainSettings
 
 
@@ -44,9 +46,12 @@ def test_model_learns_what_popularity_cannot(rng):
     report = model.fit(train, seed=0)
     assert report.losses[-1] < report.losses[0] * 0.5
     popularity = item_popularity(np.concatenate(train), len(text))
-    args = (train, targets, train, popularity, 0.2, [10], len(train))
-    ours = evaluate_recommender(model, *args).metrics["ndcg_at_10"]
-    popular = evaluate_recommender(MostPopular(popularity), *args).metrics["ndcg_at_10"]
+
+    def ndcg(rec) -> float:
+        top = rank_dense(rec, train, RankPolicy(10)).items
+        return ranking_metrics(top, targets, popularity, 0.2, [10], len(train))["ndcg_at_10"]
+
+    ours, popular = ndcg(model), ndcg(MostPopular(popularity))
     assert ours > 0.8 and ours > popular + 0.5
 
 
@@ -164,7 +169,7 @@ def test_text_view_off_keeps_plain_vectors(rng):
 
 
 def test_ensemble_scores_the_mean_of_its_members_and_round_trips(tmp_path, rng):
-    from tailor.model import EnsembleRecommender, load_recommender
+    from tailor.models.sequential import EnsembleRecommender, load_recommender
 
     histories, text = cyclic_task(rng, n_items=30)
     histories = [h[h != 7] for h in histories]  # one new item, so the text-view column exists

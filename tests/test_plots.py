@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tailor.plots import plot_long_tail
+from tailor.evaluation.plots import plot_long_tail
 
 
 def test_plot_long_tail_writes_a_png(tmp_path: Path) -> None:
@@ -29,6 +29,6 @@ def test_plot_long_tail_rejects_misaligned_exposure(tmp_path: Path) -> None:
 
 
 def test_importing_plots_does_not_load_matplotlib() -> None:
-    code = "import sys, tailor.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, tailor.evaluation.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

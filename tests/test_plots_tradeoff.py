@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tailor.plots import plot_tradeoff
+from tailor.evaluation.plots import plot_tradeoff
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import polars as pl
 
 from tailor import columns as C
-from tailor.protocol import build_histories, choose_cold_items
-from tailor.split import split_leave_one_out
+from tailor.data.protocol import build_histories, choose_cold_items
+from tailor.data.split import split_leave_one_out
 
 
 def _events(rows):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from tailor.registry import champion, decide_promotion, resolve_version
-from tailor.tracking import client_for, ensure_experiment, finish_run, start_or_resume_run
+from tailor.tracking.registry import champion, decide_promotion, resolve_version
+from tailor.tracking.runs import client_for, ensure_experiment, finish_run, start_or_resume_run
 
 
 def test_gate_rules():

@@ -5,8 +5,16 @@ import sys
 import numpy as np
 import pytest
 
-from tailor.evaluate import top_k
-from tailor.rerank import rerank_scores, rerank_tail
+from tailor.ranking.rank import RankPolicy, rank_scores
+from tailor.ranking.rerank import rerank_tail
+from tailor.ranking.topk import top_k
+
+
+def rerank_scores(score_matrix, exclude, is_tail, strength, k, n_candidates=200):
+    """The dense ranking path with re-ranking, as lists of positions."""
+    policy = RankPolicy(k, strength, n_candidates, is_tail)
+    return rank_scores(score_matrix, exclude, policy).items
+
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -243,7 +251,7 @@ def test_moderate_strength_keeps_head_items_when_relevance_gaps_are_large() -> N
     assert (high == k).all()
 
 
-# --- rerank_scores --------------------------------------------------------------------------
+# --- the dense ranking path (tailor.ranking.rank.rank_scores) with the re-ranker ------------
 
 
 @pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
@@ -283,8 +291,8 @@ def test_rerank_scores_validates_its_inputs() -> None:
     no_exclude = [np.array([], dtype=np.int64)] * 2
     with pytest.raises(ValueError, match="is_tail"):
         rerank_scores(scores, no_exclude, np.zeros(4, dtype=bool), 0.5, 3)
-    with pytest.raises(ValueError, match="n_candidates"):
-        rerank_scores(scores, no_exclude, np.zeros(5, dtype=bool), 0.5, 3, n_candidates=2)
+    # Fewer candidates than k: the pool is never smaller than the list.
+    assert rerank_scores(scores, no_exclude, np.zeros(5, dtype=bool), 0.5, 3, 2).shape == (2, 3)
     with pytest.raises(ValueError, match="strength"):
         rerank_scores(scores, no_exclude, np.zeros(5, dtype=bool), -0.1, 3)
 
@@ -322,7 +330,7 @@ def test_malformed_inputs_are_rejected_with_clear_messages() -> None:
 
 def test_importing_rerank_loads_no_heavy_dependency() -> None:
     code = (
-        "import sys, tailor.rerank; "
+        "import sys, tailor.ranking.rank; "
         "print(sorted(m for m in ('matplotlib', 'prefect', 'mlflow', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -332,7 +340,7 @@ def test_importing_rerank_loads_no_heavy_dependency() -> None:
 def test_single_row_path_agrees_with_the_block_path(rng):
     # A live request re-ranks one row in plain Python; it must pick exactly what the
     # vectorised path picks, ties, padding and infinities included.
-    from tailor.rerank import _rerank_block, _rerank_one
+    from tailor.ranking.rerank import _rerank_block, _rerank_one
 
     for trial in range(300):
         n_items = int(rng.integers(5, 40))

@@ -18,12 +18,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tailor.live import profile_text
-from tailor.livelog import LiveLog
-from tailor.pipeline import clean_sources
-from tailor.server import create_app
+from tailor.data.livelog import LiveLog
+from tailor.data.load import load_clean
+from tailor.serving.http import create_app
+from tailor.serving.state import profile_text
+from tailor.serving.store import RecommendationStore
 from tailor.settings import Settings
-from tailor.store import RecommendationStore
 from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -74,7 +74,7 @@ def client(settings_for):
 
 
 def _known_user(settings: Settings) -> tuple[str, list[str]]:
-    clean = clean_sources(settings)
+    clean = load_clean(settings)
     first = clean.interactions.row(0, named=True)["user_id"]
     items = clean.interactions.filter(clean.interactions["user_id"] == first)["item_id"].to_list()
     return first, items
@@ -137,7 +137,7 @@ def test_live_recommendations_from_history_session_query_and_profile(client, set
     assert any("just viewed" in i["reason"] for i in with_session["items"])
 
     # A query alone is a text search: the item whose text it is comes first.
-    clean = clean_sources(settings)
+    clean = load_clean(settings)
     target = clean.items.row(7, named=True)
     by_query = client.post("/recommend", json={"query": target["text"], "k": 5}).json()
     assert by_query["basis"] == ["query"]
@@ -190,7 +190,7 @@ def test_inserted_item_is_recommended_next_request_and_reaches_the_nightly_data(
     # Updating keeps the id, changes the text; both are in the log the nightly run reads.
     r = client.post("/items", json={"items": [{"item_id": "zso", "text": text + ", Whales"}]})
     assert r.json() == {"model_version": "1", "inserted": [], "updated": ["zso"]}
-    items = clean_sources(settings_for()).items
+    items = load_clean(settings_for()).items
     row = items.filter(items["item_id"] == "zso").row(0, named=True)
     assert row["text"].endswith("Whales")
 
@@ -225,7 +225,7 @@ def test_events_apply_at_once_and_survive_a_restart(settings_for):
         assert watched not in again
         assert c.app.state.service.state.histories[user][-1] == watched
     # And the next nightly run trains on it.
-    clean = clean_sources(settings)
+    clean = load_clean(settings)
     mine = clean.interactions.filter(clean.interactions["user_id"] == user)
     assert mine.height == len(seen) + 1
     assert clean.report["live_events"]["rows_out"] == 1
@@ -288,8 +288,8 @@ def test_malformed_json_is_a_422(client):
 def test_a_new_champion_is_picked_up_without_a_restart(settings_for, tmp_path):
     import mlflow
 
-    from tailor.registry import register_bundle
-    from tailor.tracking import client_for
+    from tailor.tracking.registry import register_bundle
+    from tailor.tracking.runs import client_for
 
     settings = settings_for(poll_seconds=0.3)
     with TestClient(create_app(settings)) as c:

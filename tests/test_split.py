@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from tailor import columns as C
-from tailor.split import SEQ, split_leave_one_out
+from tailor.data.split import SEQ, split_leave_one_out
 
 
 def _events(rows: list[tuple[str, str, int]]) -> pl.DataFrame:

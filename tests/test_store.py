@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tailor import columns as C
-from tailor.store import READ_SCHEMA, BatchInfo, RecommendationStore, StoreError
+from tailor.serving.store import READ_SCHEMA, BatchInfo, RecommendationStore, StoreError
 
 _BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TAILOR_TEST_POSTGRES_URL") else [])
 

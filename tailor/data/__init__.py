@@ -1,0 +1,1 @@
+"""Data: sources, cleaning with quarantine, the live log, the temporal split and the protocol."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, comparison, significance, reports and plots, cold start, the champion."""

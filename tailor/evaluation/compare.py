@@ -1,0 +1,184 @@
+"""The default protocol: the sequential model and every baseline, ranked on the same cases.
+
+Baselines are searched on validation (a grid per baseline), refit on train + validation and
+scored on test; the sequential model was early-stopped on validation and refit the same way.
+Every list goes through `tailor.ranking.rank` (the sequential model through an index over its
+item vectors, exactly as it is served; baselines from their dense scores), and the served model
+through the tail-aware re-ranking it is served with. The sweep shows what that knob trades.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tailor.data.protocol import Histories
+from tailor.evaluation.metrics import per_user_metric, ranking_metrics
+from tailor.models.baselines import DEFAULT_GRIDS, fit_baseline
+from tailor.models.index import build_index
+from tailor.ranking.rank import Ranked, RankPolicy, rank_dense, rank_histories
+from tailor.ranking.tail import head_mask, item_popularity
+from tailor.settings import EvalSettings, IndexSettings, RerankSettings
+
+log = logging.getLogger(__name__)
+
+SEQUENTIAL = "tailor-seq"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of a baseline's grid search, scored on validation."""
+
+    model: str
+    params: dict[str, Any]
+    valid_ndcg_at_10: float
+
+
+@dataclass
+class Comparison:
+    """Every model's metrics on the protocol's cases, and the lists they came from."""
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> metric -> value
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> chosen parameters
+    trials: list[Trial] = field(default_factory=list)
+    test_tops: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (test users, k)
+    cold_tops: dict[str, np.ndarray] = field(default_factory=dict)
+    sweep: list[dict[str, float]] = field(default_factory=list)  # re-ranking strength -> test
+
+
+class Exam:
+    """The protocol's cases (validation, test, cold items) and how lists on them are scored."""
+
+    def __init__(self, hist: Histories, eval_settings: EvalSettings) -> None:
+        self.hist = hist
+        self.settings = eval_settings
+        self.k = max(eval_settings.ks)
+        self.popularity = item_popularity(
+            np.concatenate(hist.train) if hist.train else np.zeros(0, np.int64), hist.n_items
+        )
+        self.is_tail = ~head_mask(self.popularity, eval_settings.head_share)
+        self.cases = {
+            "valid": (hist.valid_history(), hist.valid_targets),
+            "test": (hist.test_history(), hist.test_targets),
+            "cold": (hist.cold_histories, hist.cold_targets),
+        }
+
+    def policy(self, rerank: RerankSettings | None, strength: float | None = None) -> RankPolicy:
+        """Lists of length max(eval.ks); `rerank` None = the model's own order."""
+        if rerank is None:
+            return RankPolicy(self.k)
+        chosen = rerank.strength if strength is None else strength
+        return RankPolicy(self.k, chosen, rerank.candidates, self.is_tail)
+
+    def measure(self, tops: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics per split: valid_* and test_* in full, cold-item recall for the cold cases."""
+        values: dict[str, float] = {}
+        s = self.settings
+        for split, top in tops.items():
+            targets = self.cases[split][1]
+            if len(targets) == 0:
+                continue
+            found = ranking_metrics(
+                top, targets, self.popularity, s.head_share, s.ks, len(self.hist.users)
+            )
+            if split == "cold":
+                values.update({f"cold_recall_at_{k}": found[f"recall_at_{k}"] for k in s.ks})
+            else:
+                values.update({f"{split}_{key}": v for key, v in found.items()})
+        return values
+
+    def ndcg_at_10(self, top: np.ndarray, split: str = "valid") -> float:
+        targets = self.cases[split][1]
+        return float(per_user_metric(top, targets, "ndcg", 10).mean()) if len(targets) else 0.0
+
+
+def rank_vector_model(
+    model, histories, policy: RankPolicy, index_settings: IndexSettings, seed: int
+) -> Ranked:
+    """Lists of a model with user and item vectors through an index, as it is served."""
+    index = build_index(model.item_vectors(), index_settings, seed=seed)
+    return rank_histories(model, index, histories, policy)
+
+
+def evaluate_models(
+    exam: Exam,
+    text_vectors: np.ndarray,
+    valid_model,
+    served_model,
+    chosen: dict[str, Any],
+    rerank: RerankSettings,
+    index: IndexSettings,
+    seed: int,
+    frozen_vectors: np.ndarray | None = None,
+) -> Comparison:
+    """The sequential model (validation from `valid_model`, test and cold from `served_model`)
+    and every baseline of `exam.settings.baselines`.
+
+    `text_vectors` are what the model read; when they came from a tuned encoder,
+    `frozen_vectors` are the pre-trained encoder's: `text-cosine` reads those (text as it
+    comes) and `text-cosine-tuned` shows what the tuning alone does for a text-only model.
+    """
+    out = Comparison()
+    served = exam.policy(rerank)
+    tops = {
+        "valid": rank_vector_model(valid_model, exam.cases["valid"][0], served, index, seed),
+        "test": rank_vector_model(served_model, exam.cases["test"][0], served, index, seed),
+        "cold": rank_vector_model(served_model, exam.cases["cold"][0], served, index, seed),
+    }
+    tops = {split: ranked.items for split, ranked in tops.items()}
+    out.metrics[SEQUENTIAL] = exam.measure(tops)
+    out.test_tops[SEQUENTIAL], out.cold_tops[SEQUENTIAL] = tops["test"], tops["cold"]
+    out.params[SEQUENTIAL] = {"rerank.strength": rerank.strength, **chosen}
+
+    baselines = {name: text_vectors for name in exam.settings.baselines}
+    if frozen_vectors is not None and "text-cosine" in baselines:
+        baselines["text-cosine"] = frozen_vectors
+        baselines["text-cosine-tuned"] = text_vectors
+    hist = exam.hist
+    refit_histories = hist.train_and_valid()
+    plain = exam.policy(None)
+    for name, vectors in baselines.items():
+        kind = "text-cosine" if name == "text-cosine-tuned" else name
+        best, trials = search_baseline(kind, exam, vectors)
+        out.trials.extend(trials)
+        out.params[name] = best
+        valid_rec = fit_baseline(kind, best, hist.train, hist.n_items, vectors)
+        refit_rec = fit_baseline(kind, best, refit_histories, hist.n_items, vectors)
+        tops = {
+            "valid": rank_dense(valid_rec, exam.cases["valid"][0], plain).items,
+            "test": rank_dense(refit_rec, exam.cases["test"][0], plain).items,
+            "cold": rank_dense(refit_rec, exam.cases["cold"][0], plain).items,
+        }
+        out.metrics[name] = exam.measure(tops)
+        out.test_tops[name], out.cold_tops[name] = tops["test"], tops["cold"]
+
+    # The re-ranking knob: what accuracy buys what tail share, on test.
+    item_index = build_index(served_model.item_vectors(), index, seed=seed)
+    test_h, targets = exam.cases["test"]
+    s = exam.settings
+    for strength in rerank.sweep:
+        top = rank_histories(served_model, item_index, test_h, exam.policy(rerank, strength))
+        found = ranking_metrics(
+            top.items, targets, exam.popularity, s.head_share, s.ks, len(hist.users)
+        )
+        out.sweep.append({"strength": strength, **found})
+    return out
+
+
+def search_baseline(name: str, exam: Exam, text_vectors: np.ndarray):
+    """Grid search on the validation event; returns (best params, trials)."""
+    grid = DEFAULT_GRIDS.get(name, [{}]) if exam.settings.search_baselines else [{}]
+    if len(grid) <= 1:
+        return (grid[0] if grid else {}), []
+    hist = exam.hist
+    trials = []
+    for params in grid:
+        rec = fit_baseline(name, params, hist.train, hist.n_items, text_vectors)
+        score = exam.ndcg_at_10(rank_dense(rec, exam.cases["valid"][0], exam.policy(None)).items)
+        trials.append(Trial(name, dict(params), score))
+        log.info("searching %s %s: valid NDCG@10 %.4f", name, params, score)
+    best = max(trials, key=lambda t: t.valid_ndcg_at_10)
+    return best.params, trials

@@ -1,0 +1,61 @@
+"""The claims a run makes against its baselines, each with a paired bootstrap interval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tailor.evaluation.compare import SEQUENTIAL, Comparison, Exam
+from tailor.evaluation.metrics import paired_bootstrap, per_user_metric
+
+
+def bootstrap_claims(comparison: Comparison, exam: Exam, seed: int) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap over users (cold: over cases) for each claim the targets make.
+
+    Returns {claim: {"vs": baseline, "ratio", "gain", "low", "high"}}; a gain is real when
+    "low" (the lower end of the 95 % interval of the per-user difference) is above zero.
+    """
+    metrics, tops, cold_tops = comparison.metrics, comparison.test_tops, comparison.cold_tops
+    hist = exam.hist
+    out: dict[str, dict[str, Any]] = {}
+    baselines = [m for m in metrics if m != SEQUENTIAL]
+    if not baselines or len(hist.test_targets) == 0:
+        return out
+
+    def record(claim: str, other: str, a: np.ndarray, b: np.ndarray) -> None:
+        gain, low, high = paired_bootstrap(
+            a, b, n_resamples=exam.settings.bootstrap_resamples, seed=seed
+        )
+        base = float(b.mean())
+        ratio = float(a.mean() / base) if base > 0 else float("inf")
+        out[claim] = {"vs": other, "ratio": ratio, "gain": gain, "low": low, "high": high}
+
+    def best_by(key: str) -> str:
+        return max(baselines, key=lambda m: metrics[m].get(key, 0.0))
+
+    targets = hist.test_targets
+    best = best_by("test_ndcg_at_10")
+    record(
+        "ndcg_at_10",
+        best,
+        per_user_metric(tops[SEQUENTIAL], targets, "ndcg", 10),
+        per_user_metric(tops[best], targets, "ndcg", 10),
+    )
+    tail = exam.is_tail[targets]
+    if tail.any():
+        best = best_by("test_tail_recall_at_20")
+        record(
+            "tail_recall_at_20",
+            best,
+            per_user_metric(tops[SEQUENTIAL][tail], targets[tail], "recall", 20),
+            per_user_metric(tops[best][tail], targets[tail], "recall", 20),
+        )
+    if len(hist.cold_targets) and "text-cosine" in cold_tops:
+        record(
+            "cold_recall_at_20",
+            "text-cosine",
+            per_user_metric(cold_tops[SEQUENTIAL], hist.cold_targets, "recall", 20),
+            per_user_metric(cold_tops["text-cosine"], hist.cold_targets, "recall", 20),
+        )
+    return out

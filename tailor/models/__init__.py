@@ -1,0 +1,1 @@
+"""Models: the text encoder and its tuning, the sequential recommender, baselines, index, bundle."""

@@ -1,0 +1,109 @@
+"""The bundle: everything needed to recommend, in one folder, registered in MLflow as one model.
+
+items.parquet       item id, label, text, train popularity (row = item position)
+text_vectors.npy    frozen language-model vectors (for reasons and text-only users)
+item_vectors.npy    the fine-tuned model's item vectors (what the index holds)
+index.faiss         faiss inner-product index over item_vectors
+model/              fine-tuned weights and their config
+settings.json       the run's resolved settings
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tailor import columns as C
+from tailor.models.index import load_index, save_index
+from tailor.models.sequential import EnsembleRecommender, SeqRecommender, load_recommender
+
+POPULARITY = "popularity"
+
+
+def write_bundle(
+    folder: Path,
+    items: pl.DataFrame,
+    popularity: np.ndarray,
+    text_vectors: np.ndarray,
+    model: SeqRecommender | EnsembleRecommender,
+    index,
+    settings_json: str,
+) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = items.select(C.ITEM_ID, C.LABEL, C.TEXT).with_columns(
+        pl.Series(POPULARITY, np.asarray(popularity, dtype=np.int64))
+    )
+    table.write_parquet(folder / "items.parquet")
+    np.save(folder / "text_vectors.npy", np.asarray(text_vectors, dtype=np.float32))
+    np.save(folder / "item_vectors.npy", model.item_vectors())
+    save_index(index, folder / "index.faiss")
+    model.save(folder / "model")
+    (folder / "settings.json").write_text(settings_json)
+    return folder
+
+
+class Bundle:
+    """A loaded bundle: the model, its index, and the item table that maps ids to positions."""
+
+    def __init__(self, folder: Path, device: str = "cpu") -> None:
+        self.folder = Path(folder)
+        for name in ("items.parquet", "text_vectors.npy", "item_vectors.npy", "index.faiss"):
+            if not (self.folder / name).exists():
+                raise FileNotFoundError(f"model bundle {self.folder} has no {name}")
+        self.items = pl.read_parquet(self.folder / "items.parquet")
+        self.text_vectors = np.load(self.folder / "text_vectors.npy")
+        self.item_vectors = np.load(self.folder / "item_vectors.npy")
+        self.index = load_index(self.folder / "index.faiss")
+        self.model = load_recommender(self.folder / "model", self.text_vectors, device=device)
+        self.item_ids: list[str] = self.items[C.ITEM_ID].to_list()
+        self.labels: list[str] = self.items[C.LABEL].to_list()
+        self.position = {item: pos for pos, item in enumerate(self.item_ids)}
+        self.settings = json.loads((self.folder / "settings.json").read_text())
+        # Items added after training (`add_items`): scored by their text alone.
+        self.new = np.zeros(len(self.item_ids), dtype=bool)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def add_items(
+        self,
+        item_ids: Sequence[str],
+        texts: Sequence[str],
+        labels: Sequence[str],
+        text_vectors: np.ndarray,
+    ) -> np.ndarray:
+        """Append items the model never saw, in memory: scored by their text view like the
+        held-out cold items, searchable through this bundle's index. Returns their positions."""
+        if self.index.ntotal != self.n_items:
+            raise RuntimeError("the index does not hold one row per item; cannot append")
+        self.model.freeze()
+        positions = self.model.add_items(text_vectors)
+        vectors = self.model.item_vectors(positions)
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        added = pl.DataFrame(
+            {
+                C.ITEM_ID: list(item_ids),
+                C.LABEL: list(labels),
+                C.TEXT: list(texts),
+                POPULARITY: np.zeros(len(item_ids), dtype=np.int64),
+            }
+        )
+        self.items = pl.concat([self.items, added.select(self.items.columns)])
+        self.text_vectors = np.concatenate([self.text_vectors, text_vectors.astype(np.float32)])
+        self.item_vectors = np.concatenate([self.item_vectors, vectors])
+        self.new = np.concatenate([self.new, np.ones(len(positions), dtype=bool)])
+        for item, label, pos in zip(item_ids, labels, positions, strict=True):
+            self.item_ids.append(item)
+            self.labels.append(label)
+            self.position[item] = int(pos)
+        return positions
+
+    def positions(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Known items' positions, in order; unknown ids are skipped."""
+        return np.array([self.position[i] for i in item_ids if i in self.position], dtype=np.int64)

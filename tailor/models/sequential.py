@@ -1,0 +1,566 @@
+"""The fine-tuned recommender: a causal transformer over item vectors made from text.
+
+An item's vector is adapter(frozen language-model vector) + a learned id embedding. The text
+part means a new or rarely seen item already lands near the items it reads like; the id part
+lets interactions move well-known items where the data puts them. A user is the last hidden
+state of the transformer over their recent history (SASRec-style), trained with a full softmax
+over the catalogue at every position (cheap for catalogues up to ~100k items on a CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tailor.models.encoder import pick_device
+from tailor.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_items: int
+    text_dim: int
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    id_embedding: bool = True
+    text_view: bool = False
+
+    @classmethod
+    def from_settings(cls, n_items: int, text_dim: int, s: TrainSettings) -> ModelConfig:
+        return cls(
+            n_items=n_items,
+            text_dim=text_dim,
+            dim=s.dim,
+            layers=s.layers,
+            heads=s.heads,
+            max_len=s.max_len,
+            dropout=s.dropout,
+            id_embedding=s.id_embedding,
+            text_view=s.text_view_weight > 0 and s.id_embedding,
+        )
+
+
+class SeqRecNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, text_vectors: np.ndarray) -> None:
+        super().__init__()
+        if cfg.dim % cfg.heads:
+            raise ValueError(
+                f"train.dim ({cfg.dim}) must be divisible by train.heads ({cfg.heads})"
+            )
+        self.cfg = cfg
+        self.register_buffer("text", torch.as_tensor(text_vectors, dtype=torch.float32))
+        self.adapter = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)
+        )
+        # Zero-initialised: training starts from the text geometry and adds id detail only
+        # where interactions support it.
+        self.item_id = nn.Embedding(cfg.n_items, cfg.dim) if cfg.id_embedding else None
+        if self.item_id is not None:
+            nn.init.zeros_(self.item_id.weight)
+        self.position = nn.Embedding(cfg.max_len, cfg.dim)
+        nn.init.normal_(self.position.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim,
+            cfg.heads,
+            dim_feedforward=2 * cfg.dim,
+            dropout=cfg.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.input_drop = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.dim)
+        # Which items had training events; the others are scored by the text view alone.
+        self.register_buffer("trained", torch.ones(cfg.n_items, dtype=torch.bool))
+
+    def text_matrix(self) -> torch.Tensor:
+        """The text view: adapter(frozen text vector) per item."""
+        return self.adapter(self.text)
+
+    def item_matrix(
+        self, keep_id: torch.Tensor | None = None, text_part: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Item vectors; `keep_id` (bool per item) drops the id part where False."""
+        items = self.text_matrix() if text_part is None else text_part
+        if self.item_id is not None:
+            ids = self.item_id.weight
+            if keep_id is not None:
+                ids = ids * keep_id.unsqueeze(1)
+            items = items + ids
+        return items
+
+    def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, L, dim) for left-padded sequences (padding = -1)."""
+        if items is None:
+            items = self.item_matrix()
+        pad = seqs < 0
+        x = items[seqs.clamp(min=0)] * (~pad).unsqueeze(-1)
+        x = x + self.position.weight[-seqs.shape[1] :]
+        x = self.input_drop(x)
+        length = seqs.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        # Block padded keys, but let every position see itself so no row is fully masked
+        # (a fully masked row gives NaN); padded positions' outputs are never used.
+        blocked = causal.unsqueeze(0) | pad.unsqueeze(1)
+        eye = torch.eye(length, dtype=torch.bool, device=seqs.device).unsqueeze(0)
+        blocked = blocked & ~eye
+        mask = blocked.repeat_interleave(self.cfg.heads, dim=0)
+        h = self.blocks(x, mask=mask)
+        return self.norm(h)
+
+
+def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    out = np.full((len(histories), max_len), -1, dtype=np.int64)
+    for row, hist in enumerate(histories):
+        tail = np.asarray(hist, dtype=np.int64)[-max_len:]
+        if len(tail):
+            out[row, -len(tail) :] = tail
+    return out
+
+
+def make_training_windows(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """Cut every history into windows of max_len + 1 events, from the newest backwards.
+
+    Windows overlap by one event, so every event but a user's first is a target exactly once.
+    """
+    windows: list[np.ndarray] = []
+    for hist in histories:
+        hist = np.asarray(hist, dtype=np.int64)
+        end = len(hist)
+        while end >= 2:
+            start = max(0, end - (max_len + 1))
+            windows.append(hist[start:end])
+            end = start + 1
+            if start == 0:
+                break
+    return left_pad(windows, max_len + 1)
+
+
+@dataclass
+class FitReport:
+    losses: list[float]  # mean training loss per epoch
+    valid_scores: list[float]  # the validation callback's value per epoch (empty without one)
+    best_epoch: int  # 1-based epoch whose weights were kept
+    seconds: float
+
+
+class SeqRecommender:
+    """Fits and scores; satisfies `tailor.models.base.Recommender`."""
+
+    name = "tailor-seq"
+
+    def __init__(
+        self, text_vectors: np.ndarray, settings: TrainSettings | None = None, seed: int = 0
+    ) -> None:
+        self.settings = settings or TrainSettings()
+        self.text_vectors = np.asarray(text_vectors, dtype=np.float32)
+        self.n_items = len(self.text_vectors)
+        self.config = ModelConfig.from_settings(
+            self.n_items, self.text_vectors.shape[1], self.settings
+        )
+        self.device = pick_device(self.settings.device)
+        # Initial weights come from the seed too, without touching the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = SeqRecNet(self.config, self.text_vectors).to(self.device)
+        # (text view, item matrix) cached for serving by `freeze`; None while weights may move.
+        self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Rows of the frozen matrices for trained items (the text view's normalisers).
+        self._frozen_trained: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._single = None  # the encoder traced for one user, made by `freeze`
+
+    def fit(
+        self,
+        histories: Sequence[np.ndarray],
+        seed: int,
+        valid_fn: Callable[[SeqRecommender], float] | None = None,
+        progress: bool = False,
+    ) -> FitReport:
+        """Train on histories (item positions in time order).
+
+        With `valid_fn` (higher is better) the weights of the best epoch are kept.
+        """
+        # Multithreaded scatter-adds (the backward of the item gather) sum in a varying order;
+        # deterministic kernels make two runs with one seed give identical metrics.
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit(histories, seed, valid_fn, progress)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    def _fit(
+        self,
+        histories: Sequence[np.ndarray],
+        seed: int,
+        valid_fn: Callable[[SeqRecommender], float] | None,
+        progress: bool,
+    ) -> FitReport:
+        started = time.perf_counter()
+        s = self.settings
+        if s.threads is not None:
+            torch.set_num_threads(s.threads)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        windows = make_training_windows(histories, s.max_len)
+        if len(windows) == 0:
+            raise ValueError("no user has two or more training events: nothing to learn from")
+        inputs = torch.as_tensor(windows[:, :-1])
+        targets = torch.as_tensor(windows[:, 1:])
+        # logQ correction: a full softmax over-rewards items that are frequent targets; taking
+        # their log frequency out of the training logits leaves more room for the tail.
+        counts = np.bincount(
+            np.concatenate([np.asarray(h) for h in histories]), minlength=self.n_items
+        )
+        log_freq = torch.as_tensor(np.log1p(counts), dtype=torch.float32, device=self.device)
+        correction = s.popularity_correction * log_freq
+        # Items with no training event are not in the catalogue yet as far as training knows
+        # (new items): keeping them out of the softmax leaves their id embedding at zero, so
+        # only their text places them, instead of learning "never chosen" as a fact.
+        unseen = torch.as_tensor(counts == 0, device=self.device)
+        self.net.trained.copy_(~unseen)
+        opt = torch.optim.AdamW(
+            self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
+        )
+        steps_per_epoch = math.ceil(len(windows) / s.batch_size)
+        report = FitReport(losses=[], valid_scores=[], best_epoch=s.epochs, seconds=0.0)
+        best_state: dict[str, torch.Tensor] | None = None
+        best_score = -math.inf
+        bar = tqdm(range(1, s.epochs + 1), desc="fine-tune", unit="epoch", disable=not progress)
+        for epoch in bar:
+            self.net.train()
+            order = torch.as_tensor(rng.permutation(len(windows)))
+            total, count = 0.0, 0
+            for step in range(steps_per_epoch):
+                batch = order[step * s.batch_size : (step + 1) * s.batch_size]
+                x = inputs[batch].to(self.device)
+                y = targets[batch].to(self.device)
+                valid = (y >= 0) & (x >= 0)
+                keep = None
+                if s.id_dropout > 0:
+                    keep = torch.rand(self.n_items, device=self.device) >= s.id_dropout
+                text_part = self.net.text_matrix()
+                items = self.net.item_matrix(keep, text_part)
+                h = self.net.encode(x, items)[valid]
+                loss = self._softmax_loss(h @ items.T, y[valid], unseen, correction)
+                if self.config.text_view:
+                    # The text view must rank on its own: it is all a new item has.
+                    text_loss = self._softmax_loss(h @ text_part.T, y[valid], unseen, correction)
+                    loss = loss + s.text_view_weight * text_loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * int(valid.sum())
+                count += int(valid.sum())
+            report.losses.append(total / max(count, 1))
+            postfix = {"loss": f"{report.losses[-1]:.4f}"}
+            if valid_fn is not None:
+                score = float(valid_fn(self))
+                report.valid_scores.append(score)
+                postfix["valid"] = f"{score:.4f}"
+                if score > best_score:
+                    best_score = score
+                    report.best_epoch = epoch
+                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            bar.set_postfix(postfix)
+            log.info("epoch %d loss %.4f %s", epoch, report.losses[-1], postfix.get("valid", ""))
+            if valid_fn is not None and s.patience and epoch - report.best_epoch >= s.patience:
+                log.info("no better validation score for %d epochs: stopping", s.patience)
+                break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        if not self.config.text_view:
+            self.impute_untrained_ids(counts > 0)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _softmax_loss(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        unseen: torch.Tensor,
+        correction: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.settings.popularity_correction:
+            logits = logits - correction
+        # Items with no training event stay out of the softmax (see `_fit`).
+        logits = logits.masked_fill(unseen, float("-inf"))
+        return nn.functional.cross_entropy(logits, targets)
+
+    @torch.no_grad()
+    def impute_untrained_ids(self, trained: np.ndarray) -> int:
+        """Give items without training events the id embedding of their text neighbours.
+
+        A new item's own id embedding never moved from zero; borrowing the similarity-weighted
+        average of the `cold_id_neighbours` trained items whose text is closest puts it where
+        items that read like it sit in the model's space. Returns how many items were filled.
+        """
+        k = self.settings.cold_id_neighbours
+        cold = np.flatnonzero(~trained)
+        warm = np.flatnonzero(trained)
+        if self.net.item_id is None or k == 0 or len(cold) == 0 or len(warm) == 0:
+            return 0
+        k = min(k, len(warm))
+        sims = self.text_vectors[cold] @ self.text_vectors[warm].T
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        weights = np.clip(np.take_along_axis(sims, nearest, axis=1), 1e-6, None)
+        weights = weights / weights.sum(axis=1, keepdims=True)
+        ids = self.net.item_id.weight
+        borrowed = np.einsum(
+            "ck,ckd->cd", weights, ids[torch.as_tensor(warm[nearest])].cpu().numpy()
+        )
+        ids[torch.as_tensor(cold)] = torch.as_tensor(borrowed, dtype=ids.dtype, device=ids.device)
+        return len(cold)
+
+    @property
+    def vector_dim(self) -> int:
+        """Width of `user_vectors` and `item_vectors` (one more with the text view)."""
+        return self.config.dim + int(self.config.text_view)
+
+    def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._frozen is not None:
+            return self._frozen
+        text_part = self.net.text_matrix()
+        return text_part, self.net.item_matrix(text_part=text_part)
+
+    @torch.inference_mode()
+    def freeze(self) -> None:
+        """Compute the item matrices once and reuse them for every later call (serving).
+
+        Recomputing the adapter over the whole catalogue costs milliseconds per request; a
+        frozen model pays it once. Never freeze a model that is still being trained.
+        """
+        self.net.eval()
+        self._frozen = None
+        self._frozen = self._matrices()
+        self._cache_trained()
+        self._single = self._trace_single()
+
+    def _trace_single(self):
+        """The encoder traced for one user: a live request's shape. Tracing removes the
+        per-module Python overhead (about a fifth of the pass at this size) and computes the
+        same numbers; anything tracing cannot take simply stays eager."""
+        net = self.net
+
+        class _Encode(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, seqs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+                return self.net.encode(seqs, items)
+
+        example = torch.zeros((1, self.config.max_len), dtype=torch.long, device=self.device)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings about Python-side shapes
+                return torch.jit.trace(
+                    _Encode().eval(), (example, self._frozen[1]), check_trace=False
+                )
+        except Exception:  # pragma: no cover - depends on the torch build
+            log.debug("tracing the encoder failed; serving it eagerly", exc_info=True)
+            return None
+
+    def _cache_trained(self) -> None:
+        trained = self.net.trained
+        self._frozen_trained = (self._frozen[0][trained], self._frozen[1][trained])
+
+    @torch.inference_mode()
+    def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
+        """Append items known only by their text; returns their positions.
+
+        They have no training events, so they get a zero id embedding and are scored by the
+        text view, exactly like the cold items of the offline protocol.
+        """
+        new = torch.as_tensor(np.asarray(text_vectors, dtype=np.float32), device=self.device)
+        if new.ndim != 2 or new.shape[1] != self.config.text_dim:
+            raise ValueError(
+                f"need (n, {self.config.text_dim}) text vectors, got {tuple(new.shape)}"
+            )
+        start, n = self.n_items, len(new)
+        net = self.net
+        net.text = torch.cat([net.text, new])
+        net.trained = torch.cat([net.trained, torch.zeros(n, dtype=torch.bool, device=self.device)])
+        if net.item_id is not None:
+            zeros = torch.zeros(n, self.config.dim, device=self.device)
+            # from_pretrained: no random initialisation of a matrix about to be overwritten.
+            net.item_id = nn.Embedding.from_pretrained(torch.cat([net.item_id.weight, zeros]))
+        self.text_vectors = np.concatenate([self.text_vectors, new.cpu().numpy()])
+        self.n_items = start + n
+        self.config = replace(self.config, n_items=self.n_items)
+        if self._frozen is not None:
+            text_part = net.adapter(new)
+            self._frozen = (
+                torch.cat([self._frozen[0], text_part]),
+                torch.cat([self._frozen[1], text_part]),  # zero id part
+            )
+        return np.arange(start, start + n, dtype=np.int64)
+
+    @torch.inference_mode()
+    def update_item_texts(self, positions: np.ndarray, text_vectors: np.ndarray) -> None:
+        """Give known items a new text (a changed title or description); ids are kept."""
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=self.device)
+        new = torch.as_tensor(np.asarray(text_vectors, dtype=np.float32), device=self.device)
+        self.net.text[pos] = new
+        self.text_vectors[np.asarray(positions)] = new.cpu().numpy()
+        if self._frozen is not None:
+            text_part = self.net.adapter(new)
+            items = text_part
+            if self.net.item_id is not None:
+                items = text_part + self.net.item_id.weight[pos]
+            self._frozen[0][pos] = text_part
+            self._frozen[1][pos] = items
+            self._cache_trained()
+
+    @torch.inference_mode()
+    def item_vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """What the index holds; the user vector's inner product with it is the score.
+
+        With the text view, an item without training events is its text-view vector plus a
+        1 in an extra column; the user's extra column holds the difference of the two views'
+        log-normalisers, so every score is a log-probability of the view that knows the item.
+        """
+        if self._frozen is None:
+            self.net.eval()
+        text_part, items = self._matrices()
+        cold = ~self.net.trained
+        if positions is not None:
+            pos = torch.as_tensor(np.asarray(positions, dtype=np.int64), device=self.device)
+            text_part, items, cold = text_part[pos], items[pos], cold[pos]
+        if not self.config.text_view:
+            return items.float().cpu().numpy()
+        items = torch.where(cold.unsqueeze(1), text_part, items)
+        return torch.cat([items, cold.unsqueeze(1).to(items.dtype)], dim=1).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
+        if self._frozen is None:
+            self.net.eval()
+            text_part, items = self._matrices()
+            trained = self.net.trained
+            trained_text, trained_items = text_part[trained], items[trained]
+        else:  # serving: nothing to recompute, and eval() was set by freeze
+            (text_part, items), (trained_text, trained_items) = self._frozen, self._frozen_trained
+        out = np.zeros((len(histories), self.vector_dim), dtype=np.float32)
+        for start in range(0, len(histories), batch):
+            chunk = histories[start : start + batch]
+            seqs = torch.as_tensor(left_pad(chunk, self.config.max_len), device=self.device)
+            single = self._single if self._frozen is not None and len(chunk) == 1 else None
+            h = (single if single is not None else self.net.encode)(seqs, items)[:, -1]
+            # A user with no history gets the zero vector: every item scores 0.
+            empty = (seqs < 0).all(dim=1)
+            h[empty] = 0.0
+            if self.config.text_view:
+                shift = torch.logsumexp(h @ trained_items.T, dim=1) - torch.logsumexp(
+                    h @ trained_text.T, dim=1
+                )
+                h = torch.cat([h, shift.unsqueeze(1)], dim=1)
+            out[start : start + len(chunk)] = h.float().cpu().numpy()
+        return out
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return self.user_vectors(histories) @ self.item_vectors().T
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), folder / "model.pt")
+        (folder / "model_config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        (folder / "train_settings.json").write_text(self.settings.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, text_vectors: np.ndarray, device: str = "auto") -> SeqRecommender:
+        folder = Path(folder)
+        settings = TrainSettings.model_validate_json((folder / "train_settings.json").read_text())
+        settings = settings.model_copy(update={"device": device})
+        model = cls(text_vectors, settings)
+        state = torch.load(folder / "model.pt", map_location=model.device, weights_only=True)
+        model.net.load_state_dict(state)
+        model.net.eval()
+        return model
+
+
+class EnsembleRecommender:
+    """The mean of its members' scores; satisfies `tailor.models.base.Recommender`.
+
+    Each member's score is a log-probability, so the mean is a product of experts. Its
+    vectors are the members' side by side (users divided by the member count), so one inner
+    product in the index gives exactly the mean score.
+    """
+
+    name = SeqRecommender.name
+
+    def __init__(self, members: Sequence[SeqRecommender]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.config = self.members[0].config
+
+    @property
+    def vector_dim(self) -> int:
+        return sum(m.vector_dim for m in self.members)
+
+    def user_vectors(self, histories: Sequence[np.ndarray], batch: int = 1024) -> np.ndarray:
+        parts = [m.user_vectors(histories, batch) for m in self.members]
+        return np.concatenate(parts, axis=1) / len(self.members)
+
+    def item_vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
+        return np.concatenate([m.item_vectors(positions) for m in self.members], axis=1)
+
+    @property
+    def n_items(self) -> int:
+        return self.members[0].n_items
+
+    def freeze(self) -> None:
+        for member in self.members:
+            member.freeze()
+
+    def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
+        positions = [m.add_items(text_vectors) for m in self.members]
+        self.config = self.members[0].config
+        return positions[0]
+
+    def update_item_texts(self, positions: np.ndarray, text_vectors: np.ndarray) -> None:
+        for member in self.members:
+            member.update_item_texts(positions, text_vectors)
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return self.user_vectors(histories) @ self.item_vectors().T
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [f"member-{i}" for i in range(len(self.members))]
+        for name, member in zip(names, self.members, strict=True):
+            member.save(folder / name)
+        (folder / "members.json").write_text(json.dumps(names))
+
+
+def load_recommender(
+    folder: Path, text_vectors: np.ndarray, device: str = "auto"
+) -> SeqRecommender | EnsembleRecommender:
+    """A saved model or ensemble, whichever the folder holds."""
+    folder = Path(folder)
+    members_file = folder / "members.json"
+    if members_file.is_file():
+        names = json.loads(members_file.read_text())
+        return EnsembleRecommender(
+            [SeqRecommender.load(folder / name, text_vectors, device) for name in names]
+        )
+    return SeqRecommender.load(folder, text_vectors, device)

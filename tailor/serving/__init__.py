@@ -1,0 +1,1 @@
+"""Serving: the nightly batch of lists, the recommendation store and the live service."""

@@ -1,0 +1,129 @@
+"""One live request: history, session, query and profile blended into one ranked, explained list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tailor.ranking.explain import POPULAR_REASON, reasons_for
+from tailor.serving.live import LiveModel
+from tailor.serving.state import LiveState, profile_text
+
+
+@dataclass
+class Scored:
+    item_id: str
+    label: str
+    score: float
+    reason: str
+    new: bool  # added after training: scored by its text alone
+
+
+@dataclass
+class LiveQuery:
+    """One live request, in plain types (the HTTP layer validates and converts)."""
+
+    user_id: str | None = None
+    session: list[str] = field(default_factory=list)
+    query: str | None = None
+    profile: dict[str, str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    k: int = 20
+    strength: float | None = None  # None = the served default (`rerank.strength`)
+    query_weight: float | None = None  # None = `serve.query_weight`
+
+    def profile_string(self, state: LiveState, fields: Sequence[str]) -> str:
+        """The profile text this request is ranked by ('' when history or session decide)."""
+        profile = self.effective_profile(state)
+        if not profile or self.has_history(state):
+            return ""
+        return profile_text(profile, fields)
+
+    def effective_profile(self, state: LiveState) -> dict[str, str] | None:
+        if self.profile:
+            return self.profile
+        return state.profiles.get(self.user_id) if self.user_id else None
+
+    def has_history(self, state: LiveState) -> bool:
+        return bool(self.session) or bool(self.user_id and state.histories.get(self.user_id))
+
+
+@dataclass
+class LiveResult:
+    model_version: str
+    items: list[Scored]
+    basis: list[str]  # what the ranking used: history, session, profile, query, popularity
+    unknown_items: list[str]  # ids in session or exclude that the catalogue does not have
+
+
+def recommend(
+    model: LiveModel, state: LiveState, query: LiveQuery, vectors: Mapping[str, np.ndarray]
+) -> LiveResult:
+    """Rank for one request; `vectors` maps the request's texts to their encoder vectors."""
+    serve = model.settings.serve
+    history_ids = state.histories.get(query.user_id, []) if query.user_id else []
+    history, _ = model.positions(history_ids)  # items since removed are skipped
+    session, unknown = model.positions(query.session)
+    excluded_known, unknown_excluded = model.positions(query.exclude)
+    seq = history + session
+    excluded = set(seq) | set(excluded_known)
+    basis: list[str] = []
+    user = np.zeros((1, model.model_dim), dtype=np.float32)
+    profile_label = None
+    dense = None  # per-item scores, for a profile (not a vector the index can take)
+    if seq:
+        user = model.user_vectors([seq])
+        basis += (["history"] if history else []) + (["session"] if session else [])
+    else:
+        profile = query.effective_profile(state)
+        text = profile_text(profile, serve.profile_fields) if profile else ""
+        if text and model.profiles is not None:
+            dense = model.profile_scores(vectors[text][None, :])
+            basis.append("profile")
+            profile_label = text
+    query_vec = None
+    if query.query:
+        model._need_text_space("text queries")
+        weight = serve.query_weight if query.query_weight is None else query.query_weight
+        query_vec = vectors[query.query][None, :] * weight
+        basis.append("query")
+    strength = model.settings.rerank.strength if query.strength is None else query.strength
+    if not basis:
+        positions = model.popular_items(excluded, query.k)
+        scores = [0.0] * len(positions)
+        basis.append("popularity")
+    else:
+        if dense is not None:
+            if query_vec is not None:
+                dense = dense + query_vec @ model.text_vectors.T
+            ranked = model.rank_dense(dense, [excluded], query.k, strength)
+        else:
+            ranked = model.rank(user, query_vec, [excluded], query.k, strength)
+        positions, scores = ranked.row(0)
+    fallback = POPULAR_REASON
+    if profile_label:
+        fallback = f"liked by people like you ({profile_label})"
+    reasons = reasons_for(
+        model,
+        positions,
+        history,
+        [True] * len(history),
+        session,
+        recent=model.max_len,
+        query=query.query,
+        query_vector=vectors[query.query] if query.query else None,
+        fallback=fallback,
+    )
+    items = [
+        Scored(
+            item_id=model.item_ids[p],
+            label=model.labels[p],
+            score=float(s),
+            reason=r,
+            new=bool(model.new[p]),
+        )
+        for p, s, r in zip(positions, scores, reasons, strict=True)
+    ]
+    return LiveResult(model.version, items, basis, unknown + unknown_excluded)

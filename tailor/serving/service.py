@@ -1,0 +1,231 @@
+"""The stateful side of `tailor serve`, without HTTP: load, reload, and the operations.
+
+Threading contract (the server keeps it): `load`, `champion_version` and `build` are slow and
+run in worker threads; every other method runs on the event loop, one at a time, so the live
+model and state are never read while being changed and need no locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+import torch
+
+from tailor import columns as C
+from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
+from tailor.models.encoder import encoder_id
+from tailor.serving.encoder import TextVectors, check_encoder, has_text_space
+from tailor.serving.live import LiveModel, build_live_model
+from tailor.serving.recommend import LiveQuery, LiveResult, recommend
+from tailor.serving.state import LiveState, load_live_state
+from tailor.serving.store import RecommendationStore
+from tailor.settings import EmbedSettings, Settings
+from tailor.tracking.registry import load_bundle, resolve_version
+from tailor.tracking.runs import client_for
+
+log = logging.getLogger(__name__)
+
+
+class UnknownItemsError(ValueError):
+    """Item ids the served catalogue does not have; nothing was applied."""
+
+    def __init__(self, items: Sequence[str]) -> None:
+        self.items = list(items)
+        shown = ", ".join(repr(i) for i in self.items[:20])
+        more = f" and {len(self.items) - 20} more" if len(self.items) > 20 else ""
+        super().__init__(f"unknown item ids: {shown}{more}")
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    model_version: str | None
+    reason: str
+    items: int = 0
+    users: int = 0
+    loaded_at: str | None = None
+
+
+class Service:
+    def __init__(self, settings: Settings, model_version: str | None = None) -> None:
+        self.settings = settings
+        self.pinned = model_version or settings.serve.model_version
+        self.live_log = LiveLog(settings.live_url)
+        self.store = RecommendationStore(settings.store_url)
+        self.state: LiveState | None = None
+        self.model: LiveModel | None = None
+        self.texts: TextVectors | None = None  # items and profiles (the catalogue's encoder)
+        self.queries: TextVectors | None = None  # free-text queries (int8 copy by default)
+        self.error: str = "loading"
+        self.loaded_at: str | None = None
+        # Vectors of items inserted while this process runs, so a reload re-inserts them
+        # into the new version without encoding them again.
+        self._inserted: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------ loading (worker threads)
+
+    def _client(self):
+        return client_for(self.settings.tracking_uri)
+
+    def champion_version(self) -> str:
+        t = self.settings.tracking
+        return resolve_version(self._client(), t.model_name, t.champion_alias, self.pinned)
+
+    def _texts_for(self, bundle) -> TextVectors:
+        embed = EmbedSettings.model_validate(bundle.settings.get("embed", {}))
+        embed = embed.model_copy(update={"device": "auto"})
+
+        if self.texts is not None and self.texts.model_id == encoder_id(embed):
+            return self.texts
+        serve = self.settings.serve
+        texts = TextVectors(
+            embed,
+            serve.query_cache_size,
+            backend=serve.encoder_backend,
+            cache_dir=self.settings.cache_dir,
+            threads=serve.torch_threads,
+        )
+        if has_text_space(bundle):
+            check_encoder(texts, bundle)
+        return texts
+
+    def _queries_for(self, texts: TextVectors) -> TextVectors:
+        if not self.settings.serve.query_int8:
+            return texts
+        if self.queries is not None and self.queries.model_id == texts.model_id:
+            return self.queries
+        serve = self.settings.serve
+        return TextVectors(
+            texts.embed,
+            serve.query_cache_size,
+            int8=True,
+            backend=serve.encoder_backend,
+            cache_dir=self.settings.cache_dir,
+            threads=serve.torch_threads,
+        )
+
+    def load(self) -> None:
+        """First load: the version to serve, the state (data + live log), the live model."""
+        torch.set_num_threads(self.settings.serve.torch_threads)
+        started = time.perf_counter()
+        version = self.champion_version()
+        t = self.settings.tracking
+        bundle = load_bundle(self.settings.tracking_uri, t.model_name, version)
+        texts = self._texts_for(bundle)
+        state = load_live_state(self.settings)
+        state.embed_profiles(texts, self.settings.serve.profile_fields)
+        model = build_live_model(bundle, version, self.settings, state, texts)
+        queries = self._queries_for(texts)
+        self.texts, self.queries, self.state, self.model = texts, queries, state, model
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.error = ""
+        log.info(
+            "serving model version %s: %d items, %d users (loaded in %.1f s)",
+            version,
+            model.n_items,
+            len(state.histories),
+            time.perf_counter() - started,
+        )
+
+    def build(
+        self, version: str, snapshot: LiveState
+    ) -> tuple[LiveModel, TextVectors, TextVectors]:
+        """A live model of another version over a snapshot of the state (not yet served)."""
+        t = self.settings.tracking
+        bundle = load_bundle(self.settings.tracking_uri, t.model_name, version)
+        texts = self._texts_for(bundle)
+        if texts is not self.texts:
+            snapshot.embed_profiles(texts, self.settings.serve.profile_fields)
+        model = build_live_model(bundle, version, self.settings, snapshot, texts)
+        return model, texts, self._queries_for(texts)
+
+    # ------------------------------------------------------------ event loop
+
+    def readiness(self) -> Readiness:
+        if self.model is None or self.state is None:
+            return Readiness(False, None, self.error or "loading")
+        return Readiness(
+            True,
+            self.model.version,
+            "serving",
+            items=self.model.n_items,
+            users=len(self.state.histories),
+            loaded_at=self.loaded_at,
+        )
+
+    def swap(self, model: LiveModel, texts: TextVectors, queries: TextVectors) -> None:
+        """Serve `model` from now on, after giving it what arrived while it was being built."""
+        assert self.state is not None
+        if texts is not self.texts:
+            self.state.embed_profiles(texts, self.settings.serve.profile_fields)
+        pending = model.pending_items(self.state.items)
+        if pending and model.text_space:
+            cached = [self._inserted.get(item) for item, _, _ in pending]
+            if texts is self.texts and all(v is not None for v in cached):
+                vectors = np.stack(cached)
+            else:
+                vectors = texts.encode([text for _, text, _ in pending])
+            model.upsert_items(pending, vectors)
+        model.build_profiles(self.state)
+        previous = None if self.model is None else self.model.version
+        self.model, self.texts, self.queries = model, texts, queries
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        log.info("now serving model version %s (was %s)", model.version, previous)
+
+    def profile_string(self, query: LiveQuery) -> str:
+        assert self.state is not None
+        return query.profile_string(self.state, self.settings.serve.profile_fields)
+
+    def recommend(self, query: LiveQuery, vectors: dict[str, np.ndarray]) -> LiveResult:
+        assert self.model is not None and self.state is not None
+        return recommend(self.model, self.state, query, vectors)
+
+    def upsert_items(
+        self, items: Sequence[LiveItem], vectors: np.ndarray
+    ) -> tuple[list[str], list[str]]:
+        """Persist first, then serve: an item answered as inserted survives a restart."""
+        assert self.model is not None and self.state is not None
+        self.live_log.upsert_items(items)
+        rows = [(i.item_id, i.text, i.label) for i in items]
+        inserted, updated = self.model.upsert_items(rows, vectors)
+        for item, vector in zip(items, vectors, strict=True):
+            self.state.items[item.item_id] = (item.text, item.label)
+            self._inserted[item.item_id] = np.asarray(vector, dtype=np.float32)
+        return inserted, updated
+
+    def add_events(self, events: Sequence[LiveEvent]) -> int:
+        """Validate, persist, then apply to each user's history (their session) at once."""
+        assert self.model is not None and self.state is not None
+        unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
+        if unknown:
+            raise UnknownItemsError(unknown)
+        self.live_log.append_events(events)
+        for e in sorted(events, key=lambda e: e.timestamp):
+            self.state.histories.setdefault(e.user_id, []).append(e.item_id)
+        return len(events)
+
+    def precomputed(self, user_id: str, k: int) -> pl.DataFrame:
+        return self.store.read(user_id, limit=k)
+
+    def item(self, item_id: str) -> dict | None:
+        assert self.model is not None
+        pos = self.model.position.get(item_id)
+        if pos is None:
+            return None
+        return {
+            C.ITEM_ID: item_id,
+            C.LABEL: self.model.labels[pos],
+            C.TEXT: self.model.texts[pos],
+            "new": bool(self.model.new[pos]),
+            "tail": bool(self.model.is_tail[pos]),
+        }
+
+    def close(self) -> None:
+        self.live_log.dispose()
+        self.store.dispose()

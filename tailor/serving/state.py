@@ -1,0 +1,92 @@
+"""What is known about users and items while serving, independent of any model version."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from tailor import columns as C
+from tailor.data.load import load_clean
+from tailor.serving.encoder import TextVectors
+from tailor.settings import Settings
+
+
+def profile_text(profile: Mapping[str, object], fields: Sequence[str]) -> str:
+    """'age: 24; gender: M; occupation: technician' over the configured fields that are set."""
+    parts = []
+    for name in fields:
+        value = profile.get(name)
+        if value is not None and str(value).strip():
+            parts.append(f"{name}: {str(value).strip()}")
+    return "; ".join(parts)
+
+
+@dataclass
+class LiveState:
+    """Users and items as of the latest data plus everything received live since."""
+
+    histories: dict[str, list[str]]  # user -> item ids, oldest first
+    profiles: dict[str, dict[str, str]]  # user -> profile fields
+    items: dict[str, tuple[str, str]]  # item id -> (text, label): the catalogue to serve
+    profile_users: list[str] = field(default_factory=list)  # rows of `profile_vectors`
+    profile_vectors: np.ndarray | None = None  # language-model vectors of their profile texts
+
+    @classmethod
+    def from_frames(
+        cls,
+        interactions: pl.DataFrame,
+        items: pl.DataFrame,
+        users: pl.DataFrame | None,
+        profile_fields: Sequence[str],
+    ) -> LiveState:
+        ordered = interactions.sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
+        grouped = ordered.group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID))
+        histories = dict(
+            zip(grouped[C.USER_ID].to_list(), grouped[C.ITEM_ID].to_list(), strict=True)
+        )
+        catalogue = {
+            item: (text, label)
+            for item, text, label in items.select(C.ITEM_ID, C.TEXT, C.LABEL).iter_rows()
+        }
+        profiles: dict[str, dict[str, str]] = {}
+        if users is not None:
+            present = [f for f in profile_fields if f in users.columns]
+            if present:
+                for row in users.select(C.USER_ID, *present).iter_rows(named=True):
+                    user = row.pop(C.USER_ID)
+                    profiles[user] = {k: v for k, v in row.items() if v is not None}
+        return cls(histories=histories, profiles=profiles, items=catalogue)
+
+    def embed_profiles(self, texts: TextVectors, fields: Sequence[str]) -> None:
+        """Vectors of every known profile (once per state; model versions reuse them)."""
+        users = [u for u in self.profiles if profile_text(self.profiles[u], fields)]
+        strings = [profile_text(self.profiles[u], fields) for u in users]
+        unique = sorted(set(strings))
+        if not unique:
+            self.profile_users, self.profile_vectors = [], None
+            return
+        vectors = texts.encoder.encode(unique)
+        row_of = {s: i for i, s in enumerate(unique)}
+        self.profile_users = users
+        self.profile_vectors = vectors[[row_of[s] for s in strings]]
+
+    def snapshot(self) -> LiveState:
+        """A copy a worker thread can read while the event loop keeps appending."""
+        return LiveState(
+            histories={u: list(h) for u, h in self.histories.items()},
+            profiles=self.profiles,
+            items=dict(self.items),
+            profile_users=self.profile_users,
+            profile_vectors=self.profile_vectors,
+        )
+
+
+def load_live_state(settings: Settings) -> LiveState:
+    """Clean data of the configured source plus the live log, as the nightly run sees it."""
+    clean = load_clean(settings)
+    return LiveState.from_frames(
+        clean.interactions, clean.items, clean.users, settings.serve.profile_fields
+    )
