@@ -1,4 +1,4 @@
-"""Training: clean -> embed -> train -> index -> evaluate -> register (with the gate)."""
+"""Training: clean -> embed -> evaluation fit -> evaluate -> production fit -> register (gate)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from pydantic import BaseModel
 
 from flows.common import embedding_of, resolve_settings, tracked_run
 from tailor.settings import Settings
+from tailor.stages.register import lineage_of
+from tailor.stages.train import PRODUCTION_RUN
 from tasks.data import prepare_data
 from tasks.embed import embed_items, tune_encoder
 from tasks.evaluate import evaluate_cold_start, evaluate_models
 from tasks.index import build_index
 from tasks.register import bundle_model, register_model, score_champion
-from tasks.train import train_recommender
+from tasks.train import train_production, train_recommender
 
 
 class TrainResult(BaseModel):
-    run_id: str
+    run_id: str  # the training run (the evaluation fit's metrics)
+    production_run_id: str  # its child run: the production fit, source of the version
     out_dir: Path
     model_version: str
     promoted: bool
@@ -35,7 +38,7 @@ class TrainResult(BaseModel):
 def train(
     settings: Settings | None = None, preset: str | None = None, config: str | None = None
 ) -> TrainResult:
-    """Train, evaluate against baselines, and register a new model version."""
+    """Evaluate against baselines (the evaluation fit), then register the production fit."""
     settings = resolve_settings(settings, preset, config)
     with tracked_run(settings, settings.tracking.experiment, "train") as run:
         out = run.out_dir
@@ -47,31 +50,39 @@ def train(
         encoded = tune_encoder(prepared, settings)
         embedded = embedding_of(embed_items(prepared.items, encoded, return_state=True))
         run.log(embedded)
+        vectors = embedded.vectors
 
-        trained = train_recommender(prepared, embedded.vectors, settings, out)
+        # The evaluation fit: hold-outs as the protocol needs; every metric comes from it.
+        trained = train_recommender(prepared, vectors, settings, out / "evaluation_fit")
         run.log(trained)
-
-        index = build_index(trained.model_dir, embedded.vectors, settings.index, settings.seed, out)
-        # The pre-trained encoder's vectors too, when tuned, for the text-only baseline.
-        frozen = embedded.vectors
+        frozen = vectors
         if encoded.embed.model != settings.embed.model:
-            frozen = embed_items(prepared.items, settings).vectors
+            frozen = embed_items(prepared.items, settings).vectors  # for text-cosine
         evaluation = evaluate_models(
-            prepared, embedded.vectors, trained, settings, out / "evaluation", frozen
+            prepared, vectors, trained, settings, out / "evaluation", frozen
         )
         run.log(evaluation)
-
-        bundle = bundle_model(prepared, embedded.vectors, trained.model_dir, index, encoded, out)
-        cold_start = evaluate_cold_start(prepared, bundle, settings, out / "cold_start")
+        index = build_index(trained.model_dir, vectors, settings.index, settings.seed, out)
+        candidate = bundle_model(prepared, vectors, trained.model_dir, index, encoded, out)
+        cold_start = evaluate_cold_start(prepared, candidate, settings, out / "cold_start")
         run.log(cold_start)
 
-        current = score_champion(prepared, settings)
-        if current is not None:
-            run.log(current)
-        gate_value = evaluation.metrics[evaluation.primary].get(
-            settings.eval.gate_metric, float("nan")
+        # The production fit: the same recipe on every event. It is what gets registered.
+        production = train_production(prepared, vectors, trained, settings, out / "production")
+        production_run = run.log(production)[PRODUCTION_RUN]
+        index = build_index(
+            production.model_dir, vectors, settings.index, settings.seed, out / "production"
         )
-        decision = register_model(bundle, settings, run.run_id, gate_value, current)
+        lineage = lineage_of(prepared, evaluation, run.run_id, production_run)
+        bundle = bundle_model(
+            prepared, vectors, production.model_dir, index, encoded, out / "production", lineage
+        )
+
+        comparison = score_champion(prepared, candidate, evaluation, settings)
+        if comparison is not None:
+            run.log(comparison)
+        gate_value = evaluation.metrics[evaluation.primary].get(settings.eval.gate_metric)
+        decision = register_model(bundle, comparison, gate_value, settings, production_run)
         run.log(decision)
 
         summary = evaluation.table.read_text() + "\n" + cold_start.table.read_text()
@@ -82,6 +93,7 @@ def train(
         )
         return TrainResult(
             run_id=run.run_id,
+            production_run_id=production_run,
             out_dir=out,
             model_version=decision.version,
             promoted=decision.promoted,

@@ -64,6 +64,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move the champion alias by hand: for when the gate had no like-for-like evidence."""
+    from tailor.tracking.registry import promote
+    from tailor.tracking.runs import client_for
+
+    settings = _settings(args)
+    t = settings.tracking
+    client = client_for(settings.tracking_uri)
+    version = str(client.get_model_version(t.model_name, args.version).version)
+    promote(client, t.model_name, t.champion_alias, version)
+    client.set_model_version_tag(t.model_name, version, "tailor.promoted", "by hand")
+    print(f"{t.model_name} version {version} is now {t.champion_alias!r} (promoted by hand)")
+    return 0
+
+
 def cmd_refresh(args: argparse.Namespace) -> int:
     settings = _prepare(args)
     from flows.refresh import nightly_refresh
@@ -140,6 +155,9 @@ def cmd_where(args: argparse.Namespace) -> int:
 
 def _print_train(result, settings) -> None:
     print("\n== training run", result.run_id)
+    print(
+        f"   metrics: the evaluation fit; registered: the production fit {result.production_run_id}"
+    )
     print(f"   items embedded {result.n_embedded}, reused from cache {result.n_reused}")
     print(
         f"   model version {result.model_version}: "
@@ -228,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     refresh = sub.add_parser("refresh", parents=[common], help="recompute every user's list")
     refresh.add_argument("--model-version", help="registered version (default: champion)")
     refresh.set_defaults(func=cmd_refresh)
+    promote = sub.add_parser(
+        "promote", parents=[common], help="make a registered version the champion by hand"
+    )
+    promote.add_argument("version", help="registered model version")
+    promote.set_defaults(func=cmd_promote)
     rec = sub.add_parser("recommend", parents=[common], help="one user's stored recommendations")
     rec.add_argument("user_id")
     rec.add_argument("-k", type=int, default=None, help="how many (default: all stored)")

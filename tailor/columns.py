@@ -9,6 +9,7 @@ USER_ID = "user_id"
 ITEM_ID = "item_id"
 TIMESTAMP = "timestamp"
 WEIGHT = "weight"  # rating or any positive strength; 1.0 when the input has none
+POSITIVE = "positive"  # weight reaches data.positive_min_weight: a target, a "liked" item
 
 # items
 TEXT = "text"  # the string the encoder reads, built from the item text template

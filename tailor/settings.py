@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+# MovieLens ratings run 1-5; 4 and 5 are the conventional "liked" (about 55 % of ratings).
+MOVIELENS_POSITIVE = 4.0
 
 
 class _Section(BaseModel):
@@ -82,7 +84,22 @@ class DataSettings(_Section):
     label_template: str | None = Field(
         None, description="Short item name for reasons, e.g. '{title}'; None = source's own or id."
     )
+    positive_min_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="Events whose weight (rating) reaches this are positives: what models learn "
+        "to predict, what counts as a hit and what reasons call 'liked'; every event is still "
+        "input history. None = the source's own: 4 for MovieLens-100K (ratings 1-5), every "
+        "event otherwise. 0 makes every event a positive.",
+    )
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
+
+    @property
+    def positive_threshold(self) -> float | None:
+        """The weight an event needs to be a positive; None = every event is one."""
+        if self.positive_min_weight is not None:
+            return self.positive_min_weight or None
+        return MOVIELENS_POSITIVE if self.source == "movielens-100k" else None
 
     @model_validator(mode="after")
     def _files_need_paths(self) -> DataSettings:
@@ -238,8 +255,14 @@ class EvalSettings(_Section):
     gate_metric: str = Field(
         "test_ndcg_at_10",
         pattern=r"^test_",
-        description="Test metric the champion gate compares; the current champion is re-scored "
-        "on the new run's test cases, so both are measured on the same protocol.",
+        description="Test metric the champion gate compares, on cases neither model trained on "
+        "(see docs/ARCHITECTURE.md, 'The champion gate').",
+    )
+    gate_min_cases: int = Field(
+        50,
+        ge=1,
+        description="Fewest test cases later than the champion's data that the gate needs to "
+        "compare on new data; with fewer, the new version is kept out.",
     )
     cold_item_share: float = Field(
         0.05,

@@ -5,7 +5,7 @@ from prefect import get_run_logger
 from tailor.settings import Settings
 from tailor.stages import train as stage
 from tailor.stages.data import PreparedData
-from tailor.stages.train import Trained
+from tailor.stages.train import ProductionFit, Trained
 from tasks.common import stage_task
 
 
@@ -21,5 +21,22 @@ def train_recommender(
         result.seconds,
         result.best_epoch,
         f"{max(result.valid_scores):.4f}" if result.valid_scores else "n/a",
+    )
+    return result
+
+
+@stage_task()
+def train_production(
+    prepared: PreparedData, vectors_path: Path, trained: Trained, settings: Settings, out_dir: Path
+) -> ProductionFit:
+    """The production fit: the evaluation fit's recipe on every event, its chosen epochs."""
+    result = stage.train_production(prepared, vectors_path, trained, settings, out_dir)
+    get_run_logger().info(
+        "production fit: %d member(s) x %d epochs on %d events of %d users in %.1f s",
+        len(result.seeds),
+        result.epochs,
+        result.n_events,
+        result.n_users,
+        result.seconds,
     )
     return result

@@ -7,13 +7,13 @@ import polars as pl
 import pytest
 
 from tailor import columns as C
-from tailor.models.bundle import Bundle
+from tailor.models.bundle import Bundle, Lineage
 from tailor.ranking.explain import POPULAR_REASON
 from tailor.ranking.rank import RankPolicy, rank_histories
 from tailor.serving.batch import compute_recommendations
 from tailor.stages.data import load_histories
 from tailor.stages.refresh import summarize_recommendations
-from tailor.tracking.registry import load_bundle, register_bundle
+from tailor.tracking.registry import champion, load_bundle, promote, register_bundle
 from tailor.tracking.runs import client_for, ensure_experiment, start_or_resume_run
 from tests.conftest import train_tiny_bundle
 
@@ -69,39 +69,28 @@ def test_summary_and_plot(trained, tmp_path):
     assert (tmp_path / "out" / "long_tail.png").stat().st_size > 1000
 
 
-def test_registered_bundle_round_trips_and_gate_keeps_better_champion(trained, settings):
+def test_registered_bundle_round_trips_with_its_lineage(trained, settings):
     _, folder = trained
     client = client_for(settings.tracking_uri)
     experiment = ensure_experiment(client, "t", settings.artifact_root)
-    name, alias, metric = "m", "champion", "test_ndcg_at_10"
-
-    def register(value):
-        run = start_or_resume_run(client, experiment, None, "r")
-        return register_bundle(client, run, folder, name, alias, metric, value)
-
-    first = register(0.20)
-    worse = register(0.10)
-    assert first.promoted and not worse.promoted
-    assert worse.champion_version == first.version and worse.champion_value == 0.20
-    assert str(client.get_model_version_by_alias(name, alias).version) == first.version
-    better = register(0.30)
-    assert better.promoted
-    assert str(client.get_model_version_by_alias(name, alias).version) == better.version
-
-    # Measured on the same test cases, the champion's fresh score replaces its stored one.
-    run = start_or_resume_run(client, experiment, None, "r")
-    rescored = register_bundle(
-        client, run, folder, name, alias, metric, 0.25, champion_score=(better.version, 0.20)
+    lineage = Lineage(
+        "fp",
+        "exam",
+        "2020-01-01T00:00:00+00:00",
+        "2021-01-01T00:00:00+00:00",
+        "eval-run",
+        "prod-run",
+        {"test_ndcg_at_10": 0.25, "test_x": float("nan")},
     )
-    assert rescored.promoted and rescored.champion_value == 0.20
-    assert "re-scored" in rescored.reason
-    # A champion that moved after it was scored cannot be compared against: kept out.
     run = start_or_resume_run(client, experiment, None, "r")
-    stale = register_bundle(
-        client, run, folder, name, alias, metric, 0.99, champion_score=(better.version, 0.20)
-    )
-    assert not stale.promoted and "moved" in stale.reason
-    assert str(client.get_model_version_by_alias(name, alias).version) == rescored.version
-
-    loaded = load_bundle(settings.tracking_uri, name, first.version)
+    version = register_bundle(client, run, folder, "m", lineage.tags())
+    assert champion(client, "m", "champion") is None  # registered, not promoted
+    promote(client, "m", "champion", version)
+    current = champion(client, "m", "champion")
+    assert str(current.version) == version
+    back = Lineage.from_tags(current.tags)
+    assert back.exam == "exam" and back.metrics["test_ndcg_at_10"] == 0.25
+    assert back.metrics["test_x"] != back.metrics["test_x"]  # NaN survives the round trip
+    assert Lineage.from_tags({}) is None
+    loaded = load_bundle(settings.tracking_uri, "m", version)
     assert loaded.item_ids == Bundle(folder).item_ids

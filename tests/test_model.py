@@ -19,11 +19,35 @@ def test_left_pad_keeps_the_newest_events():
 
 
 def test_windows_cover_every_target_once():
-    windows = make_training_windows([np.arange(7)], max_len=3)
+    windows, ok = make_training_windows([np.arange(7)], max_len=3)
     assert windows.tolist() == [[3, 4, 5, 6], [0, 1, 2, 3]]
+    assert ok.all()
     targets = sorted(int(t) for w in windows for t in w[1:] if t >= 0)
     assert targets == [1, 2, 3, 4, 5, 6]
-    assert make_training_windows([np.array([5])], max_len=3).shape == (0, 4)
+    assert make_training_windows([np.array([5])], max_len=3)[0].shape == (0, 4)
+
+
+def test_only_positives_are_targets_but_every_event_is_input():
+    liked = [np.array([True, False, True, True, False, True, False])]
+    windows, ok = make_training_windows([np.arange(7)], max_len=3, liked=liked)
+    assert windows.tolist() == [[3, 4, 5, 6], [0, 1, 2, 3]]  # the same inputs
+    assert ok.tolist() == [[True, False, True, False], [True, False, True, True]]
+    targets = sorted(int(t) for w, m in zip(windows, ok, strict=True) for t in w[1:][m[1:]])
+    assert targets == [2, 3, 5]
+
+
+def test_an_item_that_is_never_a_positive_stays_out_of_the_softmax(rng):
+    # Item 9 appears only as a disliked event: the model must not learn it as "never chosen";
+    # like a new item it is scored by its text view.
+    text = rng.normal(size=(10, 8)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    settings = TrainSettings(epochs=3, dim=8, heads=2, layers=1, max_len=5, text_view_weight=0.3)
+    histories = [np.array([0, 9, 1, 2, 3]), np.array([4, 5, 9, 6])] * 5
+    liked = [np.array([True, False, True, True, True]), np.array([True, True, False, True])] * 5
+    model = SeqRecommender(text, settings, seed=0)
+    model.fit(histories, seed=0, liked=liked)
+    assert not bool(model.net.trained[9]) and bool(model.net.trained[1])
+    assert model.item_vectors()[9, -1] == 1.0  # the text view's column
 
 
 def cyclic_task(rng, n_items=30, n_users=80, length=15):

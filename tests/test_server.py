@@ -288,7 +288,7 @@ def test_malformed_json_is_a_422(client):
 def test_a_new_champion_is_picked_up_without_a_restart(settings_for, tmp_path):
     import mlflow
 
-    from tailor.tracking.registry import register_bundle
+    from tailor.tracking.registry import promote, register_bundle
     from tailor.tracking.runs import client_for
 
     settings = settings_for(poll_seconds=0.3)
@@ -299,23 +299,17 @@ def test_a_new_champion_is_picked_up_without_a_restart(settings_for, tmp_path):
         # Register the champion's bundle again as version 2 and move the alias to it.
         mlclient = client_for(settings.tracking_uri)
         name = settings.tracking.model_name
-        v1 = mlclient.get_model_version(name, "1")
         bundle = Path(
             mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path))
         )
         experiment = mlclient.get_experiment_by_name(settings.tracking.experiment).experiment_id
         run = mlclient.create_run(experiment)
-        decision = register_bundle(
-            mlclient,
-            run.info.run_id,
-            bundle / "artifacts" / "bundle",
-            name,
-            settings.tracking.champion_alias,
-            settings.eval.gate_metric,
-            float(v1.tags[settings.eval.gate_metric]) + 1.0,
+        version = register_bundle(
+            mlclient, run.info.run_id, bundle / "artifacts" / "bundle", name, {}
         )
         mlclient.set_terminated(run.info.run_id)
-        assert decision.promoted and decision.version == "2"
+        assert version == "2"
+        promote(mlclient, name, settings.tracking.champion_alias, version)
 
         deadline = time.monotonic() + 60
         while c.get("/ready").json()["model_version"] != "2":

@@ -36,7 +36,7 @@ ROWS = [
 
 def test_split_known_answer() -> None:
     out = split_leave_one_out(_events(ROWS), seed=0)
-    assert out.columns == [C.USER_ID, C.ITEM_ID, C.TIMESTAMP, C.WEIGHT, C.SPLIT, SEQ]
+    assert out.columns == [C.USER_ID, C.ITEM_ID, C.TIMESTAMP, C.WEIGHT, C.SPLIT, SEQ, C.POSITIVE]
     assert out.schema[SEQ] == pl.Int64
     assert out.select(C.USER_ID, C.ITEM_ID, C.SPLIT, SEQ).rows() == [
         ("u1", "a", C.TRAIN, 0),
@@ -98,3 +98,26 @@ def test_split_one_test_and_one_valid_per_eligible_user() -> None:
 def test_split_names_a_missing_column() -> None:
     with pytest.raises(ValueError, match="'timestamp'"):
         split_leave_one_out(pl.DataFrame({C.USER_ID: ["u1"], C.ITEM_ID: ["a"]}), seed=0)
+
+
+def test_targets_are_the_last_two_positives_and_the_rest_is_history() -> None:
+    # Weights 5 2 4 1 5 2 with positives >= 4: test = the last 5 (seq 4), validation = the 4
+    # (seq 2); the 1 between them is the test case's history, the 2 after the test target is
+    # never scored. Without a threshold the same user splits the classic way.
+    events = pl.DataFrame(
+        {
+            C.USER_ID: ["a"] * 6 + ["b"] * 3,
+            C.ITEM_ID: [f"i{n}" for n in range(9)],
+            C.TIMESTAMP: list(range(9)),
+            C.WEIGHT: [5.0, 2.0, 4.0, 1.0, 5.0, 2.0, 5.0, 2.0, 5.0],
+        }
+    )
+    out = split_leave_one_out(events, seed=0, positive_threshold=4.0)
+    a = out.filter(pl.col(C.USER_ID) == "a")
+    assert a[C.SPLIT].to_list() == ["train", "train", "valid", "valid", "test", "test"]
+    assert a[C.POSITIVE].to_list() == [True, False, True, False, True, False]
+    # User b has two positives but nothing before the first: not held out.
+    assert set(out.filter(pl.col(C.USER_ID) == "b")[C.SPLIT]) == {"train"}
+    classic = split_leave_one_out(events, seed=0)
+    assert classic.filter(pl.col(C.USER_ID) == "a")[C.SPLIT].to_list()[-2:] == ["valid", "test"]
+    assert classic[C.POSITIVE].all()

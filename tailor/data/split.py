@@ -1,9 +1,14 @@
 """Temporal leave-one-out split (docs/ARCHITECTURE.md, "The evaluation protocol").
 
-Per user, in time order: the last event is the test target, the one before it the validation
-target, the rest is training history. Events at the same time are put in a seeded random
-order, never in id order: in MovieLens ids correlate with popularity, and an id tie-break
-would make the held-out items systematically more or less popular than they really are.
+Per user, in time order: the last positive event is the test target, the positive before it
+the validation target. Events before the validation target are training history; the
+validation target and the events after it up to the test target are `valid` (the test case's
+extra history); the test target and anything after it are `test` (only the target is scored).
+With every event a positive this is the classic split: last = test, one before = validation.
+
+Events at the same time are put in a seeded random order, never in id order: in MovieLens ids
+correlate with popularity, and an id tie-break would make the held-out items systematically
+more or less popular than they really are.
 """
 
 from __future__ import annotations
@@ -18,12 +23,21 @@ from tailor import columns as C
 log = logging.getLogger(__name__)
 
 SEQ = "seq"  # position in the user's history, 0-based, in the order the split used
-MIN_EVENTS_TO_HOLD_OUT = 3  # one for test, one for validation, at least one to learn from
 _TIE_KEY = "__tailor_tie"
 
 
-def split_leave_one_out(interactions: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """Add `C.SPLIT` (train / valid / test) and `seq`; sorted by user, then history order."""
+def positive_flags(weight: pl.Expr, threshold: float | None) -> pl.Expr:
+    """True where an event is a positive (weight >= threshold; every event without one)."""
+    if threshold is None:
+        return pl.lit(True).alias(C.POSITIVE)
+    return (weight >= threshold).alias(C.POSITIVE)
+
+
+def split_leave_one_out(
+    interactions: pl.DataFrame, seed: int, positive_threshold: float | None = None
+) -> pl.DataFrame:
+    """Add `C.SPLIT` (train / valid / test), `C.POSITIVE` and `seq`; sorted by user, then
+    history order. A user is held out only with two positives and an earlier event."""
     for column in (C.USER_ID, C.TIMESTAMP):
         if column not in interactions.columns:
             raise ValueError(
@@ -41,17 +55,27 @@ def split_leave_one_out(interactions: pl.DataFrame, seed: int) -> pl.DataFrame:
     keyed = ordered.with_columns(pl.Series(_TIE_KEY, rng.random(ordered.height)))
     ranked = keyed.sort([C.USER_ID, C.TIMESTAMP, _TIE_KEY], maintain_order=True).drop(_TIE_KEY)
 
-    seq = pl.int_range(pl.len(), dtype=pl.Int64).over(C.USER_ID)
-    n = pl.len().over(C.USER_ID)
-    held_out = n >= MIN_EVENTS_TO_HOLD_OUT
+    weight = pl.col(C.WEIGHT) if C.WEIGHT in ranked.columns else pl.lit(1.0)
+    ranked = ranked.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).over(C.USER_ID).alias(SEQ),
+        positive_flags(weight, positive_threshold),
+    )
+    seq, positive = pl.col(SEQ), pl.col(C.POSITIVE)
+    n_positive = positive.cast(pl.Int64).sum().over(C.USER_ID)
+    rank = positive.cast(pl.Int64).cum_sum().over(C.USER_ID)  # 1-based among positives
+    test_at = pl.when(positive & (rank == n_positive)).then(seq).max().over(C.USER_ID)
+    valid_at = pl.when(positive & (rank == n_positive - 1)).then(seq).max().over(C.USER_ID)
+    held_out = (n_positive >= 2) & (valid_at >= 1)
     split = (
-        pl.when(held_out & (seq == n - 1))
+        pl.when(held_out & (seq >= test_at))
         .then(pl.lit(C.TEST))
-        .when(held_out & (seq == n - 2))
+        .when(held_out & (seq >= valid_at))
         .then(pl.lit(C.VALID))
         .otherwise(pl.lit(C.TRAIN))
     )
-    out = ranked.with_columns(split.alias(C.SPLIT), seq.alias(SEQ))
+    out = ranked.with_columns(split.alias(C.SPLIT))
+    rest = [c for c in out.columns if c not in (C.SPLIT, SEQ, C.POSITIVE)]
+    out = out.select(*rest, C.SPLIT, SEQ, C.POSITIVE)
     counts = dict(out.group_by(C.SPLIT).len().iter_rows())
     log.info(
         "leave-one-out split (seed %d): %d train, %d valid, %d test events; %d users",

@@ -56,8 +56,10 @@ class Exam:
         self.hist = hist
         self.settings = eval_settings
         self.k = max(eval_settings.ks)
+        # Popularity counts positives: what people chose, the same rule models learn by.
+        positives = hist.train_positives()
         self.popularity = item_popularity(
-            np.concatenate(hist.train) if hist.train else np.zeros(0, np.int64), hist.n_items
+            np.concatenate(positives) if positives else np.zeros(0, np.int64), hist.n_items
         )
         self.is_tail = ~head_mask(self.popularity, eval_settings.head_share)
         self.cases = {
@@ -137,15 +139,17 @@ def evaluate_models(
     if frozen_vectors is not None and "text-cosine" in baselines:
         baselines["text-cosine"] = frozen_vectors
         baselines["text-cosine-tuned"] = text_vectors
+    # Baselines are fitted on positives (what they learn to predict) and, like every model,
+    # read every event of a history as input.
     hist = exam.hist
-    refit_histories = hist.train_and_valid()
+    fit_histories, refit_histories = hist.train_positives(), hist.train_and_valid_positives()
     plain = exam.policy(None)
     for name, vectors in baselines.items():
         kind = "text-cosine" if name == "text-cosine-tuned" else name
         best, trials = search_baseline(kind, exam, vectors)
         out.trials.extend(trials)
         out.params[name] = best
-        valid_rec = fit_baseline(kind, best, hist.train, hist.n_items, vectors)
+        valid_rec = fit_baseline(kind, best, fit_histories, hist.n_items, vectors)
         refit_rec = fit_baseline(kind, best, refit_histories, hist.n_items, vectors)
         tops = {
             "valid": rank_dense(valid_rec, exam.cases["valid"][0], plain).items,
@@ -176,7 +180,7 @@ def search_baseline(name: str, exam: Exam, text_vectors: np.ndarray):
     hist = exam.hist
     trials = []
     for params in grid:
-        rec = fit_baseline(name, params, hist.train, hist.n_items, text_vectors)
+        rec = fit_baseline(name, params, hist.train_positives(), hist.n_items, text_vectors)
         score = exam.ndcg_at_10(rank_dense(rec, exam.cases["valid"][0], exam.policy(None)).items)
         trials.append(Trial(name, dict(params), score))
         log.info("searching %s %s: valid NDCG@10 %.4f", name, params, score)

@@ -6,12 +6,14 @@ item_vectors.npy    the fine-tuned model's item vectors (what the index holds)
 index.faiss         faiss inner-product index over item_vectors
 model/              fine-tuned weights and their config
 settings.json       the run's resolved settings
+lineage.json        what it was trained on and how it was evaluated (production bundles)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,44 @@ from tailor.models.index import load_index, save_index
 from tailor.models.sequential import EnsembleRecommender, SeqRecommender, load_recommender
 
 POPULARITY = "popularity"
+LINEAGE_TAG = "tailor.lineage."
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model version comes from: its data, its exam and both fits' runs.
+
+    `exam` identifies the evaluation protocol's cases and scoring (data fingerprint + every
+    setting that decides them): two versions with one exam were measured on the same test
+    events. `data_end` is the time of the last event the production fit learned from.
+    """
+
+    data_fingerprint: str
+    exam: str
+    data_start: str
+    data_end: str
+    evaluation_run_id: str
+    production_run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)  # the evaluation fit's test metrics
+
+    def tags(self) -> dict[str, str]:
+        """As model-version tags (metrics as repr, so NaN survives the round trip)."""
+        plain = {k: str(v) for k, v in asdict(self).items() if k != "metrics"}
+        metrics = {f"metric.{k}": repr(float(v)) for k, v in self.metrics.items()}
+        return {LINEAGE_TAG + k: v for k, v in {**plain, **metrics}.items()}
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Lineage | None:
+        """The lineage recorded on a model version, or None for a version without one."""
+        own = {k.removeprefix(LINEAGE_TAG): v for k, v in tags.items() if k.startswith(LINEAGE_TAG)}
+        metrics = {
+            k.removeprefix("metric."): float(v) for k, v in own.items() if k.startswith("metric.")
+        }
+        plain = {k: v for k, v in own.items() if not k.startswith("metric.")}
+        try:
+            return cls(**plain, metrics=metrics)
+        except TypeError:
+            return None
 
 
 def write_bundle(
@@ -32,6 +72,7 @@ def write_bundle(
     model: SeqRecommender | EnsembleRecommender,
     index,
     settings_json: str,
+    lineage: Lineage | None = None,
 ) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,6 +85,8 @@ def write_bundle(
     save_index(index, folder / "index.faiss")
     model.save(folder / "model")
     (folder / "settings.json").write_text(settings_json)
+    if lineage is not None:
+        (folder / "lineage.json").write_text(json.dumps(asdict(lineage), indent=2))
     return folder
 
 
@@ -64,6 +107,8 @@ class Bundle:
         self.labels: list[str] = self.items[C.LABEL].to_list()
         self.position = {item: pos for pos, item in enumerate(self.item_ids)}
         self.settings = json.loads((self.folder / "settings.json").read_text())
+        lineage = self.folder / "lineage.json"
+        self.lineage = Lineage(**json.loads(lineage.read_text())) if lineage.is_file() else None
         # Items added after training (`add_items`): scored by their text alone.
         self.new = np.zeros(len(self.item_ids), dtype=bool)
 

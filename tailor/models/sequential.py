@@ -134,22 +134,34 @@ def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
     return out
 
 
-def make_training_windows(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+def make_training_windows(
+    histories: Sequence[np.ndarray], max_len: int, liked: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut every history into windows of max_len + 1 events, from the newest backwards.
 
     Windows overlap by one event, so every event but a user's first is a target exactly once.
+    Returns the windows (left-padded with -1) and, aligned with them, whether each event may
+    be a target: a positive (`liked`; every event without it).
     """
     windows: list[np.ndarray] = []
-    for hist in histories:
+    flags: list[np.ndarray] = []
+    for row, hist in enumerate(histories):
         hist = np.asarray(hist, dtype=np.int64)
+        ok = np.ones(len(hist), dtype=bool) if liked is None else np.asarray(liked[row], bool)
         end = len(hist)
         while end >= 2:
             start = max(0, end - (max_len + 1))
             windows.append(hist[start:end])
+            flags.append(ok[start:end])
             end = start + 1
             if start == 0:
                 break
-    return left_pad(windows, max_len + 1)
+    padded = left_pad(windows, max_len + 1)
+    target_ok = np.zeros(padded.shape, dtype=bool)
+    for row, ok in enumerate(flags):
+        if len(ok):
+            target_ok[row, -len(ok) :] = ok
+    return padded, target_ok
 
 
 @dataclass
@@ -191,17 +203,20 @@ class SeqRecommender:
         seed: int,
         valid_fn: Callable[[SeqRecommender], float] | None = None,
         progress: bool = False,
+        liked: Sequence[np.ndarray] | None = None,
     ) -> FitReport:
         """Train on histories (item positions in time order).
 
-        With `valid_fn` (higher is better) the weights of the best epoch are kept.
+        Every event is input; only the positives (`liked`, one bool per event; every event
+        without it) are prediction targets. With `valid_fn` (higher is better) the weights of
+        the best epoch are kept.
         """
         # Multithreaded scatter-adds (the backward of the item gather) sum in a varying order;
         # deterministic kernels make two runs with one seed give identical metrics.
         previous = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True, warn_only=True)
         try:
-            return self._fit(histories, seed, valid_fn, progress)
+            return self._fit(histories, seed, valid_fn, progress, liked)
         finally:
             torch.use_deterministic_algorithms(previous)
 
@@ -211,6 +226,7 @@ class SeqRecommender:
         seed: int,
         valid_fn: Callable[[SeqRecommender], float] | None,
         progress: bool,
+        liked: Sequence[np.ndarray] | None,
     ) -> FitReport:
         started = time.perf_counter()
         s = self.settings
@@ -218,21 +234,22 @@ class SeqRecommender:
             torch.set_num_threads(s.threads)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        windows = make_training_windows(histories, s.max_len)
-        if len(windows) == 0:
-            raise ValueError("no user has two or more training events: nothing to learn from")
+        windows, target_ok = make_training_windows(histories, s.max_len, liked)
+        if len(windows) == 0 or not target_ok[:, 1:].any():
+            raise ValueError("no user has a positive training event after another event")
         inputs = torch.as_tensor(windows[:, :-1])
-        targets = torch.as_tensor(windows[:, 1:])
+        targets = torch.as_tensor(np.where(target_ok[:, 1:], windows[:, 1:], -1))
         # logQ correction: a full softmax over-rewards items that are frequent targets; taking
         # their log frequency out of the training logits leaves more room for the tail.
-        counts = np.bincount(
-            np.concatenate([np.asarray(h) for h in histories]), minlength=self.n_items
-        )
+        events = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+        if liked is not None:
+            events = events[np.concatenate([np.asarray(m, dtype=bool) for m in liked])]
+        counts = np.bincount(events, minlength=self.n_items)
         log_freq = torch.as_tensor(np.log1p(counts), dtype=torch.float32, device=self.device)
         correction = s.popularity_correction * log_freq
-        # Items with no training event are not in the catalogue yet as far as training knows
-        # (new items): keeping them out of the softmax leaves their id embedding at zero, so
-        # only their text places them, instead of learning "never chosen" as a fact.
+        # Items that are never a training target are not in the catalogue yet as far as
+        # training knows (new items): keeping them out of the softmax leaves their id embedding
+        # at zero, so only their text places them, instead of learning "never chosen" as a fact.
         unseen = torch.as_tensor(counts == 0, device=self.device)
         self.net.trained.copy_(~unseen)
         opt = torch.optim.AdamW(

@@ -34,15 +34,24 @@ RECOMMENDATIONS_SCHEMA = {
 
 
 def user_histories(
-    interactions: pl.DataFrame, bundle: Bundle, users: Sequence[str] | None = None
-) -> tuple[list[str], list[np.ndarray]]:
-    """Each user's known items, oldest first; items the bundle does not know are skipped."""
+    interactions: pl.DataFrame, bundle: Bundle
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Each user's known items, oldest first, and which were positives (C.POSITIVE; every
+    event without that column); items the bundle does not know are skipped."""
     frame = interactions.sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
-    grouped = frame.group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID))
-    by_user = dict(zip(grouped[C.USER_ID].to_list(), grouped[C.ITEM_ID].to_list(), strict=True))
-    ids = list(by_user) if users is None else list(users)
-    histories = [bundle.positions(by_user.get(user, [])) for user in ids]
-    return ids, histories
+    positive = pl.col(C.POSITIVE) if C.POSITIVE in frame.columns else pl.lit(True)
+    frame = frame.with_columns(positive.alias(C.POSITIVE))
+    grouped = frame.group_by(C.USER_ID, maintain_order=True).agg(
+        pl.col(C.ITEM_ID), pl.col(C.POSITIVE)
+    )
+    ids, histories, liked = grouped[C.USER_ID].to_list(), [], []
+    for items, flags in zip(
+        grouped[C.ITEM_ID].to_list(), grouped[C.POSITIVE].to_list(), strict=True
+    ):
+        known = [i in bundle.position for i in items]
+        histories.append(bundle.positions(items))
+        liked.append(np.asarray([f for f, k in zip(flags, known, strict=True) if k], dtype=bool))
+    return ids, histories, liked
 
 
 def add_new_items(bundle: Bundle, items: pl.DataFrame, cache_dir: Path) -> int:
@@ -86,12 +95,13 @@ def compute_recommendations(
     Users with no known history (only a profile, or only unknown items) get the most popular
     items, and the reason says so.
     """
-    users, histories = user_histories(interactions, bundle)
+    users, histories, liked = user_histories(interactions, bundle)
     known = set(users)
     for user in extra_users:
         if user not in known:
             users.append(user)
             histories.append(np.zeros(0, dtype=np.int64))
+            liked.append(np.zeros(0, dtype=bool))
     popular = np.argsort(-bundle.items[POPULARITY].to_numpy(), kind="stable")[: policy.k]
     recent = bundle.model.config.max_len
 
@@ -100,6 +110,7 @@ def compute_recommendations(
     for start in tqdm(starts, desc="refresh", unit="batch", disable=not progress):
         chunk_users = users[start : start + batch_users]
         chunk_hist = histories[start : start + batch_users]
+        chunk_liked = liked[start : start + batch_users]
         with_history = [i for i, h in enumerate(chunk_hist) if len(h)]
         ranked = rank_histories(
             bundle.model, bundle.index, [chunk_hist[i] for i in with_history], policy
@@ -109,7 +120,7 @@ def compute_recommendations(
             history = chunk_hist[i]
             if i in rows:
                 items, scores = ranked.row(rows[i])
-                reasons = reasons_for(bundle, items, history, [True] * len(history), recent=recent)
+                reasons = reasons_for(bundle, items, history, chunk_liked[i], recent=recent)
             else:
                 items, scores = popular.tolist(), [0.0] * len(popular)
                 reasons = [POPULAR_REASON] * len(items)

@@ -64,7 +64,15 @@ def recommend(
     """Rank for one request; `vectors` maps the request's texts to their encoder vectors."""
     serve = model.settings.serve
     history_ids = state.histories.get(query.user_id, []) if query.user_id else []
-    history, _ = model.positions(history_ids)  # items since removed are skipped
+    flags = state.liked_of(query.user_id)
+    # Items since removed are skipped, with their liked flags.
+    known = [
+        (model.position[i], ok)
+        for i, ok in zip(history_ids, flags, strict=True)
+        if i in model.position
+    ]
+    history = [p for p, _ in known]
+    liked = [ok for _, ok in known]
     session, unknown = model.positions(query.session)
     excluded_known, unknown_excluded = model.positions(query.exclude)
     seq = history + session
@@ -109,7 +117,7 @@ def recommend(
         model,
         positions,
         history,
-        [True] * len(history),
+        liked,
         session,
         recent=model.max_len,
         query=query.query,

@@ -207,7 +207,7 @@ class Service:
             raise UnknownItemsError(unknown)
         self.live_log.append_events(events)
         for e in sorted(events, key=lambda e: e.timestamp):
-            self.state.histories.setdefault(e.user_id, []).append(e.item_id)
+            self.state.add_event(e.user_id, e.item_id, e.weight)
         return len(events)
 
     def precomputed(self, user_id: str, k: int) -> pl.DataFrame:

@@ -33,6 +33,20 @@ class LiveState:
     items: dict[str, tuple[str, str]]  # item id -> (text, label): the catalogue to serve
     profile_users: list[str] = field(default_factory=list)  # rows of `profile_vectors`
     profile_vectors: np.ndarray | None = None  # language-model vectors of their profile texts
+    liked: dict[str, list[bool]] = field(default_factory=dict)  # per history event: a positive?
+    positive_threshold: float | None = None  # data.positive_min_weight, resolved
+
+    def add_event(self, user: str, item: str, weight: float) -> None:
+        """Append one event to the user's history (live feedback)."""
+        self.histories.setdefault(user, []).append(item)
+        threshold = self.positive_threshold
+        self.liked.setdefault(user, []).append(threshold is None or weight >= threshold)
+
+    def liked_of(self, user: str | None) -> list[bool]:
+        if not user:
+            return []
+        flags = self.liked.get(user)
+        return list(flags) if flags is not None else [True] * len(self.histories.get(user, []))
 
     @classmethod
     def from_frames(
@@ -41,12 +55,19 @@ class LiveState:
         items: pl.DataFrame,
         users: pl.DataFrame | None,
         profile_fields: Sequence[str],
+        positive_threshold: float | None = None,
     ) -> LiveState:
         ordered = interactions.sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
-        grouped = ordered.group_by(C.USER_ID, maintain_order=True).agg(pl.col(C.ITEM_ID))
-        histories = dict(
-            zip(grouped[C.USER_ID].to_list(), grouped[C.ITEM_ID].to_list(), strict=True)
+        weight = pl.col(C.WEIGHT) if C.WEIGHT in ordered.columns else pl.lit(1.0)
+        positive = pl.lit(True) if positive_threshold is None else weight >= positive_threshold
+        grouped = (
+            ordered.with_columns(positive.alias(C.POSITIVE))
+            .group_by(C.USER_ID, maintain_order=True)
+            .agg(pl.col(C.ITEM_ID), pl.col(C.POSITIVE))
         )
+        ids = grouped[C.USER_ID].to_list()
+        histories = dict(zip(ids, grouped[C.ITEM_ID].to_list(), strict=True))
+        liked = dict(zip(ids, grouped[C.POSITIVE].to_list(), strict=True))
         catalogue = {
             item: (text, label)
             for item, text, label in items.select(C.ITEM_ID, C.TEXT, C.LABEL).iter_rows()
@@ -58,7 +79,13 @@ class LiveState:
                 for row in users.select(C.USER_ID, *present).iter_rows(named=True):
                     user = row.pop(C.USER_ID)
                     profiles[user] = {k: v for k, v in row.items() if v is not None}
-        return cls(histories=histories, profiles=profiles, items=catalogue)
+        return cls(
+            histories=histories,
+            profiles=profiles,
+            items=catalogue,
+            liked=liked,
+            positive_threshold=positive_threshold,
+        )
 
     def embed_profiles(self, texts: TextVectors, fields: Sequence[str]) -> None:
         """Vectors of every known profile (once per state; model versions reuse them)."""
@@ -77,6 +104,8 @@ class LiveState:
         """A copy a worker thread can read while the event loop keeps appending."""
         return LiveState(
             histories={u: list(h) for u, h in self.histories.items()},
+            liked={u: list(m) for u, m in self.liked.items()},
+            positive_threshold=self.positive_threshold,
             profiles=self.profiles,
             items=dict(self.items),
             profile_users=self.profile_users,
@@ -88,5 +117,9 @@ def load_live_state(settings: Settings) -> LiveState:
     """Clean data of the configured source plus the live log, as the nightly run sees it."""
     clean = load_clean(settings)
     return LiveState.from_frames(
-        clean.interactions, clean.items, clean.users, settings.serve.profile_fields
+        clean.interactions,
+        clean.items,
+        clean.users,
+        settings.serve.profile_fields,
+        settings.data.positive_threshold,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,8 @@ import polars as pl
 
 from tailor import columns as C
 from tailor.data.load import load_clean
-from tailor.data.protocol import Histories, build_histories, choose_cold_items
-from tailor.data.split import SEQ, split_leave_one_out
+from tailor.data.protocol import Histories, build_histories, choose_cold_items, event_histories
+from tailor.data.split import SEQ, positive_flags, split_leave_one_out
 from tailor.settings import Settings
 from tailor.tracking.record import Record
 
@@ -31,19 +32,32 @@ class PreparedData:
     n_interactions: int
     cold_events: Path | None = None  # events on items held out of training (cold-item protocol)
     n_cold_items: int = 0
+    fingerprint: str = ""  # of every clean event and item text: the data a fit could see
+    data_start: str = ""  # ISO time of the first and the last event
+    data_end: str = ""
+    positive_threshold: float | None = None  # the resolved data.positive_min_weight
+    n_positives: int = 0
+    exam: str = ""  # the fingerprint plus every setting that decides the test cases' scores
 
     def record(self) -> Record:
         metrics = {
             "n_users": self.n_users,
             "n_items": self.n_items,
             "n_interactions": self.n_interactions,
+            "n_positives": self.n_positives,
         }
         for source, report in self.report.items():
             for reason, count in (report.get("rejected") or {}).items():
                 metrics[f"quarantined.{source}.{reason.replace(' ', '_')}"] = count
         folder = Path(self.quarantine).parent
         artifacts = [(folder / "cleaning_report.json", "cleaning"), (self.quarantine, "cleaning")]
-        return Record(metrics=metrics, artifacts=artifacts)
+        tags = {
+            "data_fingerprint": self.fingerprint,
+            "data_start": self.data_start,
+            "data_end": self.data_end,
+            "exam": self.exam,
+        }
+        return Record(metrics=metrics, artifacts=artifacts, tags=tags)
 
 
 def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) -> PreparedData:
@@ -55,11 +69,16 @@ def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = load_clean(settings)
+    threshold = settings.data.positive_threshold
     share = settings.eval.cold_item_share if hold_out_cold else 0.0
     cold = choose_cold_items(clean.interactions, share, settings.seed)
     is_cold = pl.col(C.ITEM_ID).is_in(pl.lit(pl.Series(cold, dtype=pl.Utf8)).implode())
-    split = split_leave_one_out(clean.interactions.filter(~is_cold), settings.seed)
-    cold_events = clean.interactions.filter(is_cold)
+    split = split_leave_one_out(clean.interactions.filter(~is_cold), settings.seed, threshold)
+    cold_events = clean.interactions.filter(is_cold).with_columns(
+        positive_flags(pl.col(C.WEIGHT), threshold)
+    )
+    times = clean.interactions[C.TIMESTAMP]
+    fingerprint = data_fingerprint(clean.interactions, clean.items)
 
     paths = {
         "interactions": out_dir / "interactions.parquet",
@@ -87,7 +106,47 @@ def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) 
         n_interactions=split.height + cold_events.height,
         cold_events=cold_path,
         n_cold_items=len(cold),
+        fingerprint=fingerprint,
+        exam=exam_key(fingerprint, settings, share),
+        data_start=times.min().isoformat(),
+        data_end=times.max().isoformat(),
+        positive_threshold=threshold,
+        n_positives=int(split[C.POSITIVE].sum() + cold_events[C.POSITIVE].sum()),
     )
+
+
+def exam_key(fingerprint: str, settings: Settings, cold_item_share: float) -> str:
+    """What decides a run's test cases and how lists on them score: two runs with one key
+    sat the same exam (see docs/ARCHITECTURE.md, "The champion gate")."""
+    protocol = {
+        "data": fingerprint,
+        "seed": settings.seed,
+        "cold_item_share": cold_item_share,
+        "positive_threshold": settings.data.positive_threshold,
+        "eval": settings.eval.model_dump(include={"ks", "head_share"}),
+        "rerank": settings.rerank.model_dump(include={"strength", "candidates"}),
+        "index": settings.index.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def data_fingerprint(interactions: pl.DataFrame, items: pl.DataFrame) -> str:
+    """A hash of every clean event (user, item, time, weight) and item (id, text), in a
+    canonical order: two runs with one fingerprint saw exactly the same data."""
+    digest = hashlib.sha256()
+    events = interactions.select(C.USER_ID, C.ITEM_ID, C.TIMESTAMP, C.WEIGHT).sort(
+        [C.USER_ID, C.TIMESTAMP, C.ITEM_ID, C.WEIGHT]
+    )
+    catalogue = items.select(C.ITEM_ID, C.TEXT).sort(C.ITEM_ID)
+    for frame in (events, catalogue):
+        for column in frame.columns:
+            values = frame[column]
+            if values.dtype == pl.Utf8:
+                digest.update("\x1f".join(values.to_list()).encode())
+            else:
+                digest.update(values.to_physical().to_numpy().tobytes())
+            digest.update(b"\x1e")
+    return digest.hexdigest()[:32]
 
 
 def load_histories(prepared: PreparedData) -> Histories:
@@ -105,3 +164,8 @@ def all_interactions(prepared: PreparedData) -> pl.DataFrame:
         return warm
     cold = pl.read_parquet(prepared.cold_events).select(warm.columns)
     return pl.concat([warm, cold]).sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
+
+
+def all_histories(prepared: PreparedData) -> tuple[list[str], list, list]:
+    """Every user's every event (positions, liked flags): the production fit's data."""
+    return event_histories(all_interactions(prepared), pl.read_parquet(prepared.items))

@@ -64,7 +64,8 @@ def tune_encoder(prepared: PreparedData, settings: Settings, progress: bool = Tr
     digest.update(str(settings.seed).encode())
     for text in texts:
         digest.update(text.encode() + b"\0")
-    for history in hist.train:
+    positives = hist.train_positives()
+    for history in positives:
         digest.update(np.asarray(history, dtype=np.int64).tobytes() + b"|")
     folder = settings.cache_dir / "encoders" / digest.hexdigest()[:32]
     if (folder / "config.json").is_file():
@@ -73,7 +74,7 @@ def tune_encoder(prepared: PreparedData, settings: Settings, progress: bool = Tr
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         report = tune_encoder_weights(
-            texts, hist.train, embed, embed.tuning, partial, settings.seed, progress=progress
+            texts, positives, embed, embed.tuning, partial, settings.seed, progress=progress
         )
         log.info("tuned the encoder in %.0f s, loss per epoch %s", report.seconds, report.losses)
         # Renamed into place only when complete: a crash never leaves a half-saved encoder.

@@ -48,7 +48,9 @@ def search_trial(
     exam = Exam(hist, settings.eval)
     model = SeqRecommender(np.load(vectors_path), train_settings, seed=settings.seed)
     # The same early-stopping score as `train_recommender`: a trial is the model it would train.
-    report = model.fit(hist.train, seed=settings.seed, valid_fn=early_stopping_score(exam))
+    report = model.fit(
+        hist.train, seed=settings.seed, valid_fn=early_stopping_score(exam), liked=hist.train_liked
+    )
     policy = exam.policy(settings.rerank)
     top = rank_dense(model, exam.cases["valid"][0], policy).items
     metrics = {k: v for k, v in exam.measure({"valid": top}).items()}

@@ -1,4 +1,5 @@
-"""Training the sequential recommender: the evaluation fit, early-stopped on validation."""
+"""Training the sequential recommender: the evaluation fit (early-stopped on validation, every
+reported metric) and the production fit (the same recipe on every event, registered)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from tailor.evaluation.compare import Exam
 from tailor.models.sequential import EnsembleRecommender, SeqRecommender
 from tailor.ranking.rank import rank_dense
 from tailor.settings import Settings
-from tailor.stages.data import PreparedData, load_histories
-from tailor.tracking.record import Record
+from tailor.stages.data import PreparedData, all_histories, load_histories
+from tailor.tracking.record import Child, Record
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def train_recommender(
         seed=settings.seed,
         valid_fn=early_stopping_score(exam) if len(hist.valid_users) else None,
         progress=progress,
+        liked=hist.train_liked,
     )
     valid_dir = Path(out_dir) / "model_valid"
     model.save(valid_dir)
@@ -78,7 +80,12 @@ def train_recommender(
         refit = SeqRecommender(
             text_vectors, s.model_copy(update={"epochs": report.best_epoch}), seed=settings.seed
         )
-        seconds += refit.fit(hist.train_and_valid(), seed=settings.seed, progress=progress).seconds
+        seconds += refit.fit(
+            hist.train_and_valid(),
+            seed=settings.seed,
+            progress=progress,
+            liked=hist.train_and_valid_liked(),
+        ).seconds
         serve_dir = Path(out_dir) / "model"
         evaluated = EnsembleRecommender([model, refit]) if s.ensemble else refit
         evaluated.save(serve_dir)
@@ -89,4 +96,99 @@ def train_recommender(
         valid_scores=report.valid_scores,
         best_epoch=report.best_epoch,
         seconds=seconds,
+    )
+
+
+@dataclass(frozen=True)
+class ProductionFit:
+    """The production fit: the evaluation fit's recipe on every event. Registered and served."""
+
+    model_dir: Path
+    epochs: int  # what early stopping chose in the evaluation fit
+    seeds: list[int]  # one per member
+    losses: list[list[float]]  # per member, per epoch
+    seconds: float
+    n_users: int
+    n_events: int
+    n_positives: int
+    n_items_trained: int  # items that were a training target: they have learned id embeddings
+    data_fingerprint: str
+    data_start: str
+    data_end: str
+
+    def record(self) -> Record:
+        """A child run `production-fit` of the training run."""
+        summary = Record(
+            params={
+                "epochs": self.epochs,
+                "members": len(self.seeds),
+                "seeds": ",".join(map(str, self.seeds)),
+                "data_fingerprint": self.data_fingerprint,
+                "data_start": self.data_start,
+                "data_end": self.data_end,
+            },
+            metrics={
+                "fit_seconds": self.seconds,
+                "n_users": self.n_users,
+                "n_events": self.n_events,
+                "n_positives": self.n_positives,
+                "n_items_trained": self.n_items_trained,
+            },
+            series={
+                f"train_loss_member_{i}": dict(enumerate(losses, start=1))
+                for i, losses in enumerate(self.losses)
+            },
+        )
+        return Record(
+            metrics={"production.fit_seconds": self.seconds},
+            children=[Child(PRODUCTION_RUN, summary, {"tailor.flow": PRODUCTION_RUN})],
+        )
+
+
+PRODUCTION_RUN = "production-fit"
+
+
+def train_production(
+    prepared: PreparedData,
+    vectors_path: Path,
+    trained: Trained,
+    settings: Settings,
+    out_dir: Path,
+    progress: bool = True,
+) -> ProductionFit:
+    """The evaluation fit's recipe on every event: each user's latest events and the items
+    held out for the cold-item measurement included, for the epochs early stopping chose.
+
+    With `train.ensemble` (and a refit) the evaluated model was the mean of two members, so
+    the production model is too; with no validation split left, the members differ by seed.
+    """
+    users, histories, liked = all_histories(prepared)
+    text_vectors = np.load(vectors_path)
+    s = settings.train.model_copy(update={"epochs": trained.best_epoch})
+    evaluated_two = settings.train.refit and settings.train.ensemble
+    ensemble = evaluated_two and trained.model_dir != trained.valid_model_dir
+    seeds = [settings.seed, settings.seed + 1] if ensemble else [settings.seed]
+    members, losses, seconds = [], [], 0.0
+    for seed in seeds:
+        member = SeqRecommender(text_vectors, s, seed=seed)
+        report = member.fit(histories, seed=seed, progress=progress, liked=liked)
+        members.append(member)
+        losses.append(report.losses)
+        seconds += report.seconds
+    model_dir = Path(out_dir) / "model"
+    (EnsembleRecommender(members) if len(members) > 1 else members[0]).save(model_dir)
+    positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
+    return ProductionFit(
+        model_dir=model_dir,
+        epochs=trained.best_epoch,
+        seeds=seeds,
+        losses=losses,
+        seconds=seconds,
+        n_users=len(users),
+        n_events=int(sum(len(h) for h in histories)),
+        n_positives=len(positives),
+        n_items_trained=len(np.unique(positives)),
+        data_fingerprint=prepared.fingerprint,
+        data_start=prepared.data_start,
+        data_end=prepared.data_end,
     )

@@ -1,4 +1,4 @@
-"""Register a bundle as an MLflow model version and move the champion alias through a gate."""
+"""Registered model versions: registration with lineage, the champion alias, the gate's rule."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import mlflow
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
+from tailor.models.bundle import Bundle
 from tailor.tracking.pyfunc import TailorModel
 from tailor.tracking.record import Record
 from tailor.tracking.runs import client_for
@@ -28,13 +29,31 @@ PIP_REQUIREMENTS = [
     "mlflow>=3.5,<4",
 ]
 
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+
 
 @dataclass(frozen=True)
-class ChampionScore:
-    """The current champion measured on a new run's test cases."""
+class Comparison:
+    """The champion and the candidate measured on the same cases, neither trained on them."""
 
-    version: str
-    metrics: dict[str, float]
+    champion_version: str
+    basis: str  # "same exam", "new data" or "none" (no like-for-like cases)
+    metric: str
+    champion_value: float | None
+    candidate_value: float | None
+    n_cases: int
+    detail: str  # how the cases were chosen, for the decision's reason
+
+    def record(self) -> Record:
+        metrics = {"gate.n_cases": self.n_cases}
+        if self.champion_value is not None:
+            metrics[f"champion.{self.metric}"] = self.champion_value
+        if self.candidate_value is not None:
+            metrics[f"gate.candidate.{self.metric}"] = self.candidate_value
+        return Record(
+            metrics=metrics,
+            tags={"gate.basis": self.basis, "gate.champion_version": self.champion_version},
+        )
 
 
 @dataclass(frozen=True)
@@ -42,7 +61,7 @@ class GateDecision:
     version: str
     promoted: bool
     metric: str
-    value: float
+    value: float | None  # the candidate's value the decision used
     champion_version: str | None  # the champion before this decision
     champion_value: float | None
     reason: str
@@ -57,51 +76,59 @@ class GateDecision:
         )
 
 
-def decide_promotion(value: float, champion_value: float | None, metric: str) -> tuple[bool, str]:
-    """The first version always wins; later ones win when not worse than the champion."""
-    if champion_value is None:
+def _bad(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def decide_promotion(
+    metric: str, candidate_value: float | None, comparison: Comparison | None
+) -> tuple[bool, str]:
+    """The gate's rule (docs/ARCHITECTURE.md, "The champion gate").
+
+    No champion: the candidate wins if its metric exists. Otherwise only a like-for-like
+    comparison decides, and the candidate wins when it is not worse. A NaN or missing metric,
+    on either side, never promotes.
+    """
+    if _bad(candidate_value):
+        return False, f"{metric} is missing or NaN: never promoted"
+    if comparison is None:
         return True, "no champion yet"
-    if math.isnan(value):
-        return False, f"{metric} is NaN"
-    if value >= champion_value:
-        return True, f"{metric} {value:.4f} >= champion's {champion_value:.4f}"
-    return False, f"{metric} {value:.4f} < champion's {champion_value:.4f}"
+    if comparison.basis == "none":
+        return False, f"no like-for-like cases to compare with the champion: {comparison.detail}"
+    if _bad(comparison.candidate_value) or _bad(comparison.champion_value):
+        return False, f"{metric} is missing or NaN on the compared cases ({comparison.detail})"
+    ours, theirs = comparison.candidate_value, comparison.champion_value
+    verdict = ">=" if ours >= theirs else "<"
+    return (
+        ours >= theirs,
+        f"{metric} {ours:.4f} {verdict} champion {comparison.champion_version}'s {theirs:.4f} "
+        f"({comparison.detail})",
+    )
 
 
 def champion(client, model_name: str, alias: str):
-    """The model version behind the alias, or None."""
+    """The model version behind the alias, or None when there is none.
+
+    Only "not found" (no such registered model, or no version under the alias) means no
+    champion; any other registry error propagates, so a flaky store never looks like an empty
+    one and never lets a version be promoted by default.
+    """
     try:
-        return client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
+        registered = client.get_registered_model(model_name)
+    except MlflowException as e:
+        if e.error_code == NOT_FOUND:
+            return None
+        raise
+    version = (registered.aliases or {}).get(alias)
+    if version is None:
         return None
+    return client.get_model_version(model_name, str(version))
 
 
 def register_bundle(
-    client,
-    run_id: str,
-    bundle_dir: Path,
-    model_name: str,
-    alias: str,
-    metric: str,
-    value: float,
-    tags: dict[str, str] | None = None,
-    champion_score: tuple[str, float] | None = None,
-) -> GateDecision:
-    """Log the bundle as a pyfunc model of `run_id`, register it, and apply the gate.
-
-    `champion_score` is (version, value): the current champion measured on this run's own
-    test cases (`tailor.pipeline.score_champion`), so both sides sat the same exam. Without
-    it, the value stored on the champion's version when it was registered is used.
-    """
-    current = champion(client, model_name, alias)
-    current_value = None
-    moved = False
-    if current is not None and champion_score is not None:
-        moved = str(current.version) != str(champion_score[0])
-        current_value = float(champion_score[1])
-    elif current is not None and metric in current.tags:
-        current_value = float(current.tags[metric])
-
+    client, run_id: str, bundle_dir: Path, model_name: str, tags: dict[str, str]
+) -> str:
+    """Log the bundle as a pyfunc model of `run_id`, register it, tag it; returns the version."""
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         info = _log(model_name, bundle_dir, TailorModel())
@@ -109,37 +136,14 @@ def register_bundle(
         with mlflow.start_run(run_id=run_id, nested=active is not None):
             info = _log(model_name, bundle_dir, TailorModel())
     version = str(info.registered_model_version)
-    client.set_model_version_tag(model_name, version, metric, repr(float(value)))
-    client.set_model_version_tag(model_name, version, "run_id", run_id)
-    for key, tag_value in (tags or {}).items():
-        client.set_model_version_tag(model_name, version, key, tag_value)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    return version
 
-    promoted, reason = decide_promotion(value, current_value, metric)
-    if moved:
-        # Another run promoted a version after ours scored the champion: our comparison is
-        # against a model that is no longer the champion, so it cannot decide.
-        promoted = False
-        reason = f"champion moved to version {current.version} during this run; not compared"
-    elif current is not None and champion_score is not None:
-        reason += " (champion re-scored on this run's test cases)"
-    if promoted:
-        client.set_registered_model_alias(model_name, alias, version)
-    log.info(
-        "model %s version %s: %s (%s)",
-        model_name,
-        version,
-        "promoted" if promoted else "kept out",
-        reason,
-    )
-    return GateDecision(
-        version=version,
-        promoted=promoted,
-        metric=metric,
-        value=value,
-        champion_version=None if current is None else str(current.version),
-        champion_value=current_value,
-        reason=reason,
-    )
+
+def promote(client, model_name: str, alias: str, version: str) -> None:
+    client.set_registered_model_alias(model_name, alias, str(version))
+    log.info("model %s version %s is now %s", model_name, version, alias)
 
 
 def _log(model_name: str, bundle_dir: Path, python_model):
@@ -152,7 +156,7 @@ def _log(model_name: str, bundle_dir: Path, python_model):
     )
 
 
-def load_bundle(tracking_uri: str, model_name: str, version: str):
+def load_bundle(tracking_uri: str, model_name: str, version: str) -> Bundle:
     """Load a registered version's bundle (through the pyfunc, so any store works)."""
     client_for(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
