@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 
 def peak_rss_mb() -> float:
@@ -39,11 +38,11 @@ def main() -> int:
     from tailor.serving.store import RecommendationStore
     from tailor.settings import IndexSettings, load_settings
     from tailor.stages import index as index_stage
-    from tailor.stages.data import prepare_data
+    from tailor.stages.data import all_interactions, prepare_data
     from tailor.stages.embed import embed_items
     from tailor.stages.evaluate import evaluate_models
-    from tailor.stages.register import bundle_model
-    from tailor.stages.train import train_recommender
+    from tailor.stages.register import bundle_model, lineage_of
+    from tailor.stages.train import train_production, train_recommender
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tailor-bench-"))
     overrides: dict = {"workdir": workdir}
@@ -89,7 +88,7 @@ def main() -> int:
         lambda: train_recommender(prepared, embedded.vectors, settings, out, progress=False),
         lambda r: f"{len(r.losses)} epochs, best {r.best_epoch}",
     )
-    index_path = stage(
+    stage(
         "build index",
         lambda: index_stage.build_index(
             trained.model_dir, embedded.vectors, settings.index, settings.seed, out
@@ -99,11 +98,27 @@ def main() -> int:
         f"evaluate (model + {len(settings.eval.baselines)} searched baselines, valid/test/cold)",
         lambda: evaluate_models(prepared, embedded.vectors, trained, settings, out),
     )
+    production = stage(
+        "train (production fit, every event)",
+        lambda: train_production(
+            prepared, embedded.vectors, trained, settings, out / "production", progress=False
+        ),
+        lambda r: f"{len(r.seeds)} x {r.epochs} epochs on {r.n_events} events",
+    )
+    production_index = index_stage.build_index(
+        production.model_dir, embedded.vectors, settings.index, settings.seed, out / "production"
+    )
     bundle_dir = bundle_model(
-        prepared, embedded.vectors, trained.model_dir, index_path, settings, out
+        prepared,
+        embedded.vectors,
+        production.model_dir,
+        production_index,
+        settings,
+        out / "production",
+        lineage=lineage_of(prepared, evaluation, "benchmark", "benchmark"),
     )
     bundle = Bundle(bundle_dir)
-    interactions = pl.read_parquet(prepared.interactions)
+    interactions = all_interactions(prepared)
     policy = bundle_policy(bundle, settings.refresh.k, settings.rerank, settings.eval.head_share)
     recs = stage(
         f"refresh: top-{settings.refresh.k} for all users",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect.runtime import flow_run
@@ -29,7 +29,10 @@ class TrackedRun:
     out_dir: Path
 
     def log(self, result) -> dict[str, str]:
-        """`result.record()` (or a `Record`) into this run; returns child run ids by name."""
+        """`result.record()` (or a `Record`) into this run; returns child run ids by name.
+        None (a step with nothing to say, such as no champion to compare with) logs nothing."""
+        if result is None:
+            return {}
         record = result if isinstance(result, Record) else result.record()
         return log_record(self.client, self.run_id, record)
 
@@ -59,8 +62,6 @@ def tracked_run(settings: Settings, experiment: str, flow: str) -> Iterator[Trac
 
 def embedding_of(state):
     """The embed task's result; a cache hit means the encoder did not run in this flow run."""
-    from dataclasses import replace
-
     embedded = state.result()
     if state.name == "Cached":
         return replace(embedded, n_embedded=0, n_reused=embedded.n_embedded + embedded.n_reused)

@@ -23,6 +23,7 @@ from tasks.train import train_production, train_recommender
 class TrainResult(BaseModel):
     run_id: str  # the training run (the evaluation fit's metrics)
     production_run_id: str  # its child run: the production fit, source of the version
+    production_seconds: float  # training time of the production fit
     out_dir: Path
     model_version: str
     promoted: bool
@@ -79,8 +80,7 @@ def train(
         )
 
         comparison = score_champion(prepared, candidate, evaluation, settings)
-        if comparison is not None:
-            run.log(comparison)
+        run.log(comparison)
         gate_value = evaluation.metrics[evaluation.primary].get(settings.eval.gate_metric)
         decision = register_model(bundle, comparison, gate_value, settings, production_run)
         run.log(decision)
@@ -94,6 +94,7 @@ def train(
         return TrainResult(
             run_id=run.run_id,
             production_run_id=production_run,
+            production_seconds=production.seconds,
             out_dir=out,
             model_version=decision.version,
             promoted=decision.promoted,

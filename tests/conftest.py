@@ -54,12 +54,17 @@ def mlflow_template() -> Path:
     return path
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, mlflow_template: Path) -> Path:
-    work = tmp_path / "work"
+def new_workdir(root: Path, mlflow_template: Path) -> Path:
+    """`root / "work"` with a migrated MLflow store in it."""
+    work = root / "work"
     work.mkdir()
     shutil.copy(mlflow_template, work / "mlflow.db")
     return work
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, mlflow_template: Path) -> Path:
+    return new_workdir(tmp_path, mlflow_template)
 
 
 @pytest.fixture

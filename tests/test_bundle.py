@@ -94,3 +94,19 @@ def test_registered_bundle_round_trips_with_its_lineage(trained, settings):
     assert Lineage.from_tags({}) is None
     loaded = load_bundle(settings.tracking_uri, "m", version)
     assert loaded.item_ids == Bundle(folder).item_ids
+
+
+def test_promote_by_hand_moves_the_alias(trained, settings, monkeypatch, capsys):
+    from tailor.cli import main
+
+    _, folder = trained
+    client = client_for(settings.tracking_uri)
+    experiment = ensure_experiment(client, settings.tracking.experiment, settings.artifact_root)
+    run = start_or_resume_run(client, experiment, None, "r")
+    name = settings.tracking.model_name
+    version = register_bundle(client, run, folder, name, {})
+    assert champion(client, name, "champion") is None
+    monkeypatch.setenv("TAILOR_WORKDIR", str(settings.workdir))
+    assert main(["promote", version]) == 0
+    assert str(champion(client, name, "champion").version) == version
+    assert "promoted by hand" in capsys.readouterr().out

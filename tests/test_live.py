@@ -16,17 +16,13 @@ from tailor.serving.recommend import LiveQuery, recommend
 from tailor.serving.state import LiveState, profile_text
 from tailor.settings import TrainSettings
 from tailor.stages.evaluate import evaluate_cold_start
-from tests.conftest import tiny_settings, train_tiny_bundle
+from tests.conftest import new_workdir, tiny_settings, train_tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mlflow_template):
-    import shutil
-
     root = tmp_path_factory.mktemp("live")
-    work = root / "work"
-    work.mkdir()
-    shutil.copy(mlflow_template, work / "mlflow.db")
+    work = new_workdir(root, mlflow_template)
     settings = tiny_settings(
         work,
         train={"epochs": 6, "text_view_weight": 0.3},

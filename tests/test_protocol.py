@@ -51,3 +51,19 @@ def test_histories_known_answer_with_a_cold_item():
     # cold: user 1 had a, b before "new"; user 2 had nothing before it, so no case
     assert [h.tolist() for h in hist.cold_histories] == [[0, 1]]
     assert hist.cold_targets.tolist() == [5] and hist.cold_items.tolist() == [5]
+
+
+def test_a_test_case_reads_the_events_between_its_two_targets():
+    # Weights 5 2 4 1 5 (positives >= 4): validation target i2 from [i0, i1]; test target i4
+    # from [i0, i1, i2, i3], the disliked i3 included as history but never as a target.
+    rows = [("u", f"i{n}", n) for n in range(5)]
+    events = _events(rows).with_columns(pl.Series(C.WEIGHT, [5.0, 2.0, 4.0, 1.0, 5.0]))
+    split = split_leave_one_out(events, seed=0, positive_threshold=4.0)
+    items = pl.DataFrame({C.ITEM_ID: [f"i{n}" for n in range(5)]})
+    hist = build_histories(split, items)
+    assert hist.train[0].tolist() == [0, 1] and hist.train_liked[0].tolist() == [True, False]
+    assert hist.valid_targets.tolist() == [2] and hist.test_targets.tolist() == [4]
+    assert [h.tolist() for h in hist.test_history()] == [[0, 1, 2, 3]]
+    assert hist.train_and_valid_liked()[0].tolist() == [True, False, True, False]
+    assert [h.tolist() for h in hist.train_and_valid_positives()] == [[0, 2]]
+    assert hist.test_times.tolist() == [datetime.fromtimestamp(4, UTC).replace(tzinfo=None)]

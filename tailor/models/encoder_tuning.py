@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from tailor.models.baselines import ItemKNN
@@ -65,7 +66,6 @@ def tune_encoder_weights(
 
     Saves a Hugging Face model folder under `out_dir` that `EmbedSettings.model` can point to.
     """
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     started = time.perf_counter()

@@ -259,7 +259,7 @@ class SeqRecommender:
         report = FitReport(losses=[], valid_scores=[], best_epoch=s.epochs, seconds=0.0)
         best_state: dict[str, torch.Tensor] | None = None
         best_score = -math.inf
-        bar = tqdm(range(1, s.epochs + 1), desc="fine-tune", unit="epoch", disable=not progress)
+        bar = tqdm(range(1, s.epochs + 1), desc="train", unit="epoch", disable=not progress)
         for epoch in bar:
             self.net.train()
             order = torch.as_tensor(rng.permutation(len(windows)))
