@@ -63,10 +63,10 @@ def test_the_served_version_learned_from_every_event(settings):
         pos = items.index(item)
         for member in _members(served.model):
             assert bool(member.net.trained[pos])
-            assert float(member.net.item_id.weight[pos].norm()) > 0
+            assert float(member.net.item_id.weight[pos].detach().norm()) > 0
         for member in _members(evaluated):
             assert not bool(member.net.trained[pos])
-            assert float(member.net.item_id.weight[pos].norm()) == 0
+            assert float(member.net.item_id.weight[pos].detach().norm()) == 0
     # Each user's latest events (the evaluation's test targets) are in the production data.
     prepared = prepare_data(settings, out / "recheck")
     users, histories, _ = all_histories(prepared)
