@@ -125,10 +125,13 @@ def evaluate_models(
     """
     out = Comparison()
     served = exam.policy(rerank)
+    # One index per model, as each would be served (built once: HNSW builds are not cheap).
+    valid_index = build_index(valid_model.item_vectors(), index, seed=seed)
+    item_index = build_index(served_model.item_vectors(), index, seed=seed)
     tops = {
-        "valid": rank_vector_model(valid_model, exam.cases["valid"][0], served, index, seed),
-        "test": rank_vector_model(served_model, exam.cases["test"][0], served, index, seed),
-        "cold": rank_vector_model(served_model, exam.cases["cold"][0], served, index, seed),
+        "valid": rank_histories(valid_model, valid_index, exam.cases["valid"][0], served),
+        "test": rank_histories(served_model, item_index, exam.cases["test"][0], served),
+        "cold": rank_histories(served_model, item_index, exam.cases["cold"][0], served),
     }
     tops = {split: ranked.items for split, ranked in tops.items()}
     out.metrics[SEQUENTIAL] = exam.measure(tops)
@@ -160,7 +163,6 @@ def evaluate_models(
         out.test_tops[name], out.cold_tops[name] = tops["test"], tops["cold"]
 
     # The re-ranking knob: what accuracy buys what tail share, on test.
-    item_index = build_index(served_model.item_vectors(), index, seed=seed)
     test_h, targets = exam.cases["test"]
     s = exam.settings
     for strength in rerank.sweep:
