@@ -169,6 +169,11 @@ class TrainSettings(_Section):
     heads: int = Field(2, ge=1, description="Attention heads.")
     max_len: int = Field(50, ge=2, description="Events of history the model reads.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout in blocks and inputs.")
+    text: bool = Field(
+        True,
+        description="Read the items' language-model vectors (adapter(text)); off = ids only, "
+        "a plain SASRec (the id-only baseline `sasrec` is this with the same budget).",
+    )
     id_embedding: bool = Field(
         True, description="Add a learned id embedding to adapter(text); off = text only."
     )
@@ -219,6 +224,12 @@ class TrainSettings(_Section):
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+
+    @model_validator(mode="after")
+    def _reads_something(self) -> TrainSettings:
+        if not self.text and not self.id_embedding:
+            raise ValueError("train.text and train.id_embedding cannot both be off")
+        return self
 
 
 class SearchSettings(_Section):
@@ -273,9 +284,12 @@ class EvalSettings(_Section):
         description="Share of items held out of training entirely, to measure cold-item recall; "
         "0 trains on every item.",
     )
-    baselines: list[Literal["most-popular", "item-knn", "ease", "als", "text-cosine"]] = Field(
-        ["most-popular", "item-knn", "ease", "als", "text-cosine"],
-        description="Baselines evaluated in the same run.",
+    baselines: list[Literal["most-popular", "item-knn", "ease", "als", "text-cosine", "sasrec"]] = (
+        Field(
+            ["most-popular", "item-knn", "ease", "als", "text-cosine", "sasrec"],
+            description="Baselines evaluated in the same run; `sasrec` is the sequential model on "
+            "ids only (no text), trained with the same budget, early stopping and refit.",
+        )
     )
     search_baselines: bool = Field(
         True, description="Grid-search each baseline on validation (else its defaults)."

@@ -212,3 +212,25 @@ def test_ensemble_scores_the_mean_of_its_members_and_round_trips(tmp_path, rng):
     np.testing.assert_allclose(again.score(users), expected, rtol=1e-5, atol=1e-5)
     a.save(tmp_path / "one")
     assert isinstance(load_recommender(tmp_path / "one", text, device="cpu"), SeqRecommender)
+
+
+def test_ids_only_is_a_plain_sasrec_that_cannot_score_untrained_items(rng):
+    histories, text = cyclic_task(rng)
+    text = np.vstack([text, text[:2]])  # two items no history holds: never trained
+    settings = TrainSettings(epochs=15, dim=32, layers=1, max_len=10, text=False)
+    model = SeqRecommender(text, settings, seed=0)
+    assert model.net.adapter is None  # nothing of the text is read
+    assert float(model.net.item_id.weight.detach().abs().sum()) > 0  # random, not zero
+    train = [h[:-1] for h in histories]
+    model.fit(train, seed=0)
+    scores = model.score(train[:5])
+    assert np.isfinite(scores[:, model.net.trained.numpy()]).all()
+    assert (~model.net.trained.numpy()).sum() == 2
+    assert np.isneginf(scores[:, ~model.net.trained.numpy()]).all()
+    targets = np.array([h[-1] for h in histories])
+    top = rank_dense(model, train, RankPolicy(10)).items
+    popularity = item_popularity(np.concatenate(train), len(text))
+    ndcg = ranking_metrics(top, targets, popularity, 0.2, [10], len(train))["ndcg_at_10"]
+    assert ndcg > 0.5  # learns the cycles from ids alone
+    with pytest.raises(ValueError, match="both be off"):
+        TrainSettings(text=False, id_embedding=False)

@@ -19,13 +19,15 @@ from tailor.data.protocol import Histories
 from tailor.evaluation.metrics import per_user_metric, ranking_metrics
 from tailor.models.baselines import DEFAULT_GRIDS, fit_baseline
 from tailor.models.index import build_index
+from tailor.models.sequential import fit_recipe
 from tailor.ranking.rank import Ranked, RankPolicy, rank_dense, rank_histories
 from tailor.ranking.tail import head_mask, item_popularity
-from tailor.settings import EvalSettings, IndexSettings, RerankSettings
+from tailor.settings import EvalSettings, IndexSettings, RerankSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
 SEQUENTIAL = "tailor-seq"
+SASREC = "sasrec"  # the same network on item ids only: what the text adds is the difference
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,11 @@ class Exam:
         targets = self.cases[split][1]
         return float(per_user_metric(top, targets, "ndcg", 10).mean()) if len(targets) else 0.0
 
+    def validation_score(self, model) -> float:
+        """Validation NDCG@10 of the model's own order: what early stopping keeps the best
+        epoch by, for the sequential model and the id-only baseline alike."""
+        return self.ndcg_at_10(rank_dense(model, self.cases["valid"][0], self.policy(None)).items)
+
 
 def rank_vector_model(
     model, histories, policy: RankPolicy, index_settings: IndexSettings, seed: int
@@ -115,6 +122,7 @@ def evaluate_models(
     index: IndexSettings,
     seed: int,
     frozen_vectors: np.ndarray | None = None,
+    train: TrainSettings | None = None,
 ) -> Comparison:
     """The sequential model (validation from `valid_model`, test and cold from `served_model`)
     and every baseline of `exam.settings.baselines`.
@@ -122,6 +130,8 @@ def evaluate_models(
     `text_vectors` are what the model read; when they came from a tuned encoder,
     `frozen_vectors` are the pre-trained encoder's: `text-cosine` reads those (text as it
     comes) and `text-cosine-tuned` shows what the tuning alone does for a text-only model.
+    `sasrec` is trained with `train` (the sequential model's settings, its budget included)
+    with the text switched off.
     """
     out = Comparison()
     served = exam.policy(rerank)
@@ -149,11 +159,14 @@ def evaluate_models(
     plain = exam.policy(None)
     for name, vectors in baselines.items():
         kind = "text-cosine" if name == "text-cosine-tuned" else name
-        best, trials = search_baseline(kind, exam, vectors)
-        out.trials.extend(trials)
-        out.params[name] = best
-        valid_rec = fit_baseline(kind, best, fit_histories, hist.n_items, vectors)
-        refit_rec = fit_baseline(kind, best, refit_histories, hist.n_items, vectors)
+        if kind == SASREC:
+            valid_rec, refit_rec, out.params[name] = train_sasrec(exam, vectors, train, seed)
+        else:
+            best, trials = search_baseline(kind, exam, vectors)
+            out.trials.extend(trials)
+            out.params[name] = best
+            valid_rec = fit_baseline(kind, best, fit_histories, hist.n_items, vectors)
+            refit_rec = fit_baseline(kind, best, refit_histories, hist.n_items, vectors)
         tops = {
             "valid": rank_dense(valid_rec, exam.cases["valid"][0], plain).items,
             "test": rank_dense(refit_rec, exam.cases["test"][0], plain).items,
@@ -172,6 +185,34 @@ def evaluate_models(
         )
         out.sweep.append({"strength": strength, **found})
     return out
+
+
+def train_sasrec(exam: Exam, text_vectors: np.ndarray, train: TrainSettings | None, seed: int):
+    """SASRec with full-softmax cross-entropy on item ids (the sequential model's network, text
+    switched off), by the same recipe and budget as the sequential model: (early-stopped,
+    evaluated, its parameters for the child run)."""
+    train = train or TrainSettings()
+    ids_only = train.model_copy(update={"text": False, "text_view_weight": 0.0})
+    hist = exam.hist
+    fitted = fit_recipe(
+        text_vectors,
+        ids_only,
+        seed,
+        hist.train,
+        hist.train_liked,
+        hist.train_and_valid(),
+        hist.train_and_valid_liked(),
+        exam.validation_score if len(hist.valid_users) else None,
+    )
+    params = {
+        "epochs": fitted.report.best_epoch,
+        "epoch_budget": ids_only.epochs,
+        "patience": ids_only.patience,
+        **ids_only.model_dump(include={"dim", "layers", "heads", "max_len", "dropout"}),
+        **ids_only.model_dump(include={"learning_rate", "batch_size", "refit", "ensemble"}),
+    }
+    log.info("sasrec: best epoch %d of %d", fitted.report.best_epoch, len(fitted.report.losses))
+    return fitted.valid_model, fitted.evaluated, params
 
 
 def search_baseline(name: str, exam: Exam, text_vectors: np.ndarray):

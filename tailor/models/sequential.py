@@ -40,6 +40,7 @@ class ModelConfig:
     dropout: float = 0.2
     id_embedding: bool = True
     text_view: bool = False
+    text: bool = True  # False: ids only, a plain SASRec (the id-only baseline)
 
     @classmethod
     def from_settings(cls, n_items: int, text_dim: int, s: TrainSettings) -> ModelConfig:
@@ -52,7 +53,8 @@ class ModelConfig:
             max_len=s.max_len,
             dropout=s.dropout,
             id_embedding=s.id_embedding,
-            text_view=s.text_view_weight > 0 and s.id_embedding,
+            text_view=s.text_view_weight > 0 and s.id_embedding and s.text,
+            text=s.text,
         )
 
 
@@ -65,14 +67,19 @@ class SeqRecNet(nn.Module):
             )
         self.cfg = cfg
         self.register_buffer("text", torch.as_tensor(text_vectors, dtype=torch.float32))
-        self.adapter = nn.Sequential(
-            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)
-        )
-        # Zero-initialised: training starts from the text geometry and adds id detail only
-        # where interactions support it.
+        self.adapter = None
+        if cfg.text:
+            self.adapter = nn.Sequential(
+                nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)
+            )
         self.item_id = nn.Embedding(cfg.n_items, cfg.dim) if cfg.id_embedding else None
-        if self.item_id is not None:
+        if self.item_id is not None and cfg.text:
+            # Zero-initialised: training starts from the text geometry and adds id detail
+            # only where interactions support it.
             nn.init.zeros_(self.item_id.weight)
+        elif self.item_id is not None:
+            # Ids only (SASRec): random, as there is no geometry to start from.
+            nn.init.normal_(self.item_id.weight, std=0.02)
         self.position = nn.Embedding(cfg.max_len, cfg.dim)
         nn.init.normal_(self.position.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(
@@ -90,7 +97,9 @@ class SeqRecNet(nn.Module):
         self.register_buffer("trained", torch.ones(cfg.n_items, dtype=torch.bool))
 
     def text_matrix(self) -> torch.Tensor:
-        """The text view: adapter(frozen text vector) per item."""
+        """The text view: adapter(frozen text vector) per item (zeros for an ids-only model)."""
+        if self.adapter is None:
+            return torch.zeros(self.cfg.n_items, self.cfg.dim, device=self.text.device)
         return self.adapter(self.text)
 
     def item_matrix(
@@ -302,7 +311,7 @@ class SeqRecommender:
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
-        if not self.config.text_view:
+        if not self.config.text_view and self.config.text:
             self.impute_untrained_ids(counts > 0)
         report.seconds = time.perf_counter() - started
         return report
@@ -492,7 +501,12 @@ class SeqRecommender:
         return out
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        return self.user_vectors(histories) @ self.item_vectors().T
+        scores = self.user_vectors(histories) @ self.item_vectors().T
+        if not self.config.text:
+            # Ids only: an item never trained has nothing but a random vector, so it ranks
+            # last (cold-item recall is 0 by construction, as for any id model).
+            scores[:, ~self.net.trained.cpu().numpy()] = -np.inf
+        return scores
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
@@ -581,3 +595,43 @@ def load_recommender(
             [SeqRecommender.load(folder / name, text_vectors, device) for name in names]
         )
     return SeqRecommender.load(folder, text_vectors, device)
+
+
+@dataclass
+class RecipeFit:
+    """The evaluation recipe's models: early-stopped on validation, then refit."""
+
+    valid_model: SeqRecommender  # trained on train events, best validation epoch kept
+    evaluated: SeqRecommender | EnsembleRecommender  # what is scored on test
+    report: FitReport  # of the early-stopped fit
+    seconds: float  # both fits
+
+
+def fit_recipe(
+    text_vectors: np.ndarray,
+    settings: TrainSettings,
+    seed: int,
+    train: Sequence[np.ndarray],
+    train_liked: Sequence[np.ndarray],
+    refit: Sequence[np.ndarray],
+    refit_liked: Sequence[np.ndarray],
+    valid_fn: Callable[[SeqRecommender], float] | None,
+    progress: bool = False,
+) -> RecipeFit:
+    """Train on `train`, early-stop on `valid_fn`; with `settings.refit`, refit on `refit` for
+    the best number of epochs, and with `settings.ensemble` evaluate the mean of the two.
+
+    The sequential model and the id-only baseline are trained by this one recipe, so they
+    get the same budget and the same care.
+    """
+    model = SeqRecommender(text_vectors, settings, seed=seed)
+    report = model.fit(train, seed=seed, valid_fn=valid_fn, progress=progress, liked=train_liked)
+    seconds = report.seconds
+    evaluated: SeqRecommender | EnsembleRecommender = model
+    if settings.refit and valid_fn is not None:
+        again = SeqRecommender(
+            text_vectors, settings.model_copy(update={"epochs": report.best_epoch}), seed=seed
+        )
+        seconds += again.fit(refit, seed=seed, progress=progress, liked=refit_liked).seconds
+        evaluated = EnsembleRecommender([model, again]) if settings.ensemble else again
+    return RecipeFit(model, evaluated, report, seconds)

@@ -111,6 +111,7 @@ def evaluate_models(
         settings.index,
         settings.seed,
         frozen_vectors=frozen,
+        train=settings.train,
     )
     significance = bootstrap_claims(comparison, exam, settings.seed)
     table = out_dir / "evaluation.md"

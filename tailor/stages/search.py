@@ -14,7 +14,6 @@ from tailor.models.sequential import SeqRecommender
 from tailor.ranking.rank import rank_dense
 from tailor.settings import Settings, TrainSettings
 from tailor.stages.data import PreparedData, load_histories
-from tailor.stages.train import early_stopping_score
 from tailor.tracking.record import Record
 
 OBJECTIVE = "valid_ndcg_at_10"
@@ -49,7 +48,7 @@ def search_trial(
     model = SeqRecommender(np.load(vectors_path), train_settings, seed=settings.seed)
     # The same early-stopping score as `train_recommender`: a trial is the model it would train.
     report = model.fit(
-        hist.train, seed=settings.seed, valid_fn=early_stopping_score(exam), liked=hist.train_liked
+        hist.train, seed=settings.seed, valid_fn=exam.validation_score, liked=hist.train_liked
     )
     policy = exam.policy(settings.rerank)
     top = rank_dense(model, exam.cases["valid"][0], policy).items

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tailor.evaluation.compare import Exam
-from tailor.models.sequential import EnsembleRecommender, SeqRecommender
-from tailor.ranking.rank import rank_dense
+from tailor.models.sequential import EnsembleRecommender, SeqRecommender, fit_recipe
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
@@ -37,16 +36,6 @@ class Trained:
         )
 
 
-def early_stopping_score(exam: Exam):
-    """Validation NDCG@10 of the model's own order: what training keeps the best epoch by."""
-    histories = exam.cases["valid"][0]
-
-    def score(model: SeqRecommender) -> float:
-        return exam.ndcg_at_10(rank_dense(model, histories, exam.policy(None)).items)
-
-    return score
-
-
 def train_recommender(
     prepared: PreparedData,
     vectors_path: Path,
@@ -61,41 +50,30 @@ def train_recommender(
     their mean is steadier from run to run than either alone.
     """
     hist = load_histories(prepared)
-    exam = Exam(hist, settings.eval)
-    text_vectors = np.load(vectors_path)
-    s = settings.train
-    model = SeqRecommender(text_vectors, s, seed=settings.seed)
-    report = model.fit(
+    fitted = fit_recipe(
+        np.load(vectors_path),
+        settings.train,
+        settings.seed,
         hist.train,
-        seed=settings.seed,
-        valid_fn=early_stopping_score(exam) if len(hist.valid_users) else None,
+        hist.train_liked,
+        hist.train_and_valid(),
+        hist.train_and_valid_liked(),
+        Exam(hist, settings.eval).validation_score if len(hist.valid_users) else None,
         progress=progress,
-        liked=hist.train_liked,
     )
     valid_dir = Path(out_dir) / "model_valid"
-    model.save(valid_dir)
-    seconds = report.seconds
+    fitted.valid_model.save(valid_dir)
     serve_dir = valid_dir
-    if s.refit and len(hist.valid_users):
-        refit = SeqRecommender(
-            text_vectors, s.model_copy(update={"epochs": report.best_epoch}), seed=settings.seed
-        )
-        seconds += refit.fit(
-            hist.train_and_valid(),
-            seed=settings.seed,
-            progress=progress,
-            liked=hist.train_and_valid_liked(),
-        ).seconds
+    if fitted.evaluated is not fitted.valid_model:
         serve_dir = Path(out_dir) / "model"
-        evaluated = EnsembleRecommender([model, refit]) if s.ensemble else refit
-        evaluated.save(serve_dir)
+        fitted.evaluated.save(serve_dir)
     return Trained(
         model_dir=serve_dir,
         valid_model_dir=valid_dir,
-        losses=report.losses,
-        valid_scores=report.valid_scores,
-        best_epoch=report.best_epoch,
-        seconds=seconds,
+        losses=fitted.report.losses,
+        valid_scores=fitted.report.valid_scores,
+        best_epoch=fitted.report.best_epoch,
+        seconds=fitted.seconds,
     )
 
 
