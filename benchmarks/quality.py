@@ -40,7 +40,8 @@ def main() -> int:
     from tailor.settings import load_settings
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tailor-quality-"))
-    settings = load_settings(preset=args.preset, workdir=workdir)
+    # The ablation (what each part of the model adds) is part of this comparison.
+    settings = load_settings(preset=args.preset, workdir=workdir, eval={"ablation": True})
     configure_environment(settings.workdir)
     from flows.train import train
 
@@ -48,7 +49,7 @@ def main() -> int:
     result = train(settings=settings)
     seconds = time.perf_counter() - started
 
-    print((result.out_dir / "evaluation" / "evaluation.md").read_text())
+    print((result.out_dir / "evaluation" / "evaluation.md").read_text())  # with the ablation
     primary = result.metrics["tailor-seq"]
     rows = []
     for claim, minimum, against in TARGETS:
@@ -86,17 +87,18 @@ def main() -> int:
         )
     )
     # The target is the evaluation's cost: the production fit (training the registered model
-    # on every event afterwards) is reported beside it, without a target of its own.
-    evaluated = seconds - result.production_seconds
+    # on every event afterwards) and the ablation are reported beside it, without targets.
+    evaluated = seconds - result.production_seconds - result.ablation_seconds
     rows.append(
         (
-            "train + evaluate time (the whole flow but the production fit)",
+            "train + evaluate time (the whole flow but the production fit and the ablation)",
             f"< {MAX_SECONDS} s",
             f"{evaluated:.0f} s",
             "PASS" if evaluated < MAX_SECONDS else "FAIL",
         )
     )
     rows.append(("production fit time", "none", f"{result.production_seconds:.0f} s", ""))
+    rows.append(("ablation time", "none", f"{result.ablation_seconds:.0f} s", ""))
     rows.append(("whole train flow", "none", f"{seconds:.0f} s", ""))
     lines = ["## Targets", "", "| target | required | measured | |", "| --- | --- | --- | --- |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

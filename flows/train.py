@@ -24,6 +24,7 @@ class TrainResult(BaseModel):
     run_id: str  # the training run (the evaluation fit's metrics)
     production_run_id: str  # its child run: the production fit, source of the version
     production_seconds: float  # training time of the production fit
+    ablation_seconds: float  # training and scoring of the ablation rows (eval.ablation)
     out_dir: Path
     model_version: str
     promoted: bool
@@ -95,6 +96,7 @@ def train(
             run_id=run.run_id,
             production_run_id=production_run,
             production_seconds=production.seconds,
+            ablation_seconds=evaluation.ablation_seconds,
             out_dir=out,
             model_version=decision.version,
             promoted=decision.promoted,

@@ -177,6 +177,12 @@ class TrainSettings(_Section):
     id_embedding: bool = Field(
         True, description="Add a learned id embedding to adapter(text); off = text only."
     )
+    id_gate: float = Field(
+        0.0,
+        ge=0.0,
+        description="> 0: an item's id embedding weighs n / (n + id_gate) beside its text, n its "
+        "training positives, so items with few events lean on their text (0 = off).",
+    )
     id_dropout: float = Field(
         0.0,
         ge=0.0,
@@ -293,6 +299,12 @@ class EvalSettings(_Section):
     )
     search_baselines: bool = Field(
         True, description="Grid-search each baseline on validation (else its defaults)."
+    )
+    ablation: bool = Field(
+        False,
+        description="Also train the sequential model with its parts switched off (text only, "
+        "ids + text, + text view) and report what each adds against SASRec-CE; several more "
+        "trainings, so off by default (benchmarks/quality.py turns it on).",
     )
     bootstrap_resamples: int = Field(
         1000, ge=100, description="Paired bootstrap resamples for the confidence intervals."

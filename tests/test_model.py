@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tailor.evaluation.metrics import ranking_metrics
 from tailor.models.baselines import MostPopular
@@ -234,3 +235,29 @@ def test_ids_only_is_a_plain_sasrec_that_cannot_score_untrained_items(rng):
     assert ndcg > 0.5  # learns the cycles from ids alone
     with pytest.raises(ValueError, match="both be off"):
         TrainSettings(text=False, id_embedding=False)
+
+
+def test_the_id_gate_weighs_an_items_id_by_its_events(rng, tmp_path):
+    histories, text = cyclic_task(rng, n_items=20, n_users=30, length=8)
+    histories = [*histories, np.array([0, 1, 0, 1, 0, 1])]  # items 0 and 1 more often
+    settings = TrainSettings(epochs=2, dim=8, heads=2, layers=1, max_len=6, id_gate=5.0)
+    model = SeqRecommender(text, settings, seed=0)
+    model.fit(histories, seed=0)
+    counts = np.bincount(np.concatenate(histories), minlength=20)
+    expected = counts / (counts + 5.0)
+    np.testing.assert_allclose(model.net.id_scale.numpy(), expected, rtol=1e-6)
+    with torch.no_grad():
+        items = model.net.item_matrix()
+        by_hand = model.net.text_matrix() + model.net.item_id.weight * torch.as_tensor(
+            expected, dtype=torch.float32
+        ).unsqueeze(1)
+    np.testing.assert_allclose(items.numpy(), by_hand.numpy(), rtol=1e-5, atol=1e-6)
+    # Saved and loaded with its scale; a checkpoint from before the gate loads with scale 1.
+    model.save(tmp_path / "m")
+    loaded = SeqRecommender.load(tmp_path / "m", text, device="cpu")
+    np.testing.assert_allclose(loaded.score(histories[:3]), model.score(histories[:3]), rtol=1e-5)
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    del state["id_scale"]
+    torch.save(state, tmp_path / "m" / "model.pt")
+    old = SeqRecommender.load(tmp_path / "m", text, device="cpu")
+    assert bool((old.net.id_scale == 1).all())

@@ -282,8 +282,9 @@ def test_rerank_scores_tolerates_non_finite_model_scores() -> None:
     score_matrix = np.array([[np.nan, 0.5, -np.inf, 0.9, 0.1]])
     is_tail = np.array([True, False, True, False, False])
     out = rerank_scores(score_matrix, [np.array([], dtype=np.int64)], is_tail, 1.0, 5, 5)
-    # top_k puts NaN and -inf last (by index); strength 1 moves the tail items 0 and 2 first.
-    np.testing.assert_array_equal(out, [[0, 2, 3, 1, 4]])
+    # NaN ranks last but stays eligible: strength 1 moves the tail item 0 first. -inf means
+    # the model cannot rank item 2 at all, so not even the tail bonus brings it in.
+    np.testing.assert_array_equal(out, [[0, 3, 1, 4, -1]])
 
 
 def test_rerank_scores_validates_its_inputs() -> None:

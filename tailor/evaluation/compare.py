@@ -49,6 +49,7 @@ class Comparison:
     test_tops: dict[str, np.ndarray] = field(default_factory=dict)  # model -> (test users, k)
     cold_tops: dict[str, np.ndarray] = field(default_factory=dict)
     sweep: list[dict[str, float]] = field(default_factory=list)  # re-ranking strength -> test
+    evaluated: dict[str, Any] = field(default_factory=dict)  # sequential models, by name
 
 
 class Exam:
@@ -145,6 +146,7 @@ def evaluate_models(
     }
     tops = {split: ranked.items for split, ranked in tops.items()}
     out.metrics[SEQUENTIAL] = exam.measure(tops)
+    out.evaluated[SEQUENTIAL] = served_model
     out.test_tops[SEQUENTIAL], out.cold_tops[SEQUENTIAL] = tops["test"], tops["cold"]
     out.params[SEQUENTIAL] = {"rerank.strength": rerank.strength, **chosen}
 
@@ -174,6 +176,8 @@ def evaluate_models(
         }
         out.metrics[name] = exam.measure(tops)
         out.test_tops[name], out.cold_tops[name] = tops["test"], tops["cold"]
+        if kind == SASREC:
+            out.evaluated[name] = refit_rec
 
     # The re-ranking knob: what accuracy buys what tail share, on test.
     test_h, targets = exam.cases["test"]

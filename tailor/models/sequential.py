@@ -41,6 +41,7 @@ class ModelConfig:
     id_embedding: bool = True
     text_view: bool = False
     text: bool = True  # False: ids only, a plain SASRec (the id-only baseline)
+    id_gate: float = 0.0  # > 0: an item's id part weighs n / (n + id_gate), n its positives
 
     @classmethod
     def from_settings(cls, n_items: int, text_dim: int, s: TrainSettings) -> ModelConfig:
@@ -55,6 +56,7 @@ class ModelConfig:
             id_embedding=s.id_embedding,
             text_view=s.text_view_weight > 0 and s.id_embedding and s.text,
             text=s.text,
+            id_gate=s.id_gate if s.text else 0.0,
         )
 
 
@@ -95,6 +97,8 @@ class SeqRecNet(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         # Which items had training events; the others are scored by the text view alone.
         self.register_buffer("trained", torch.ones(cfg.n_items, dtype=torch.bool))
+        # How much each item's id part counts (the id gate); 1 without one.
+        self.register_buffer("id_scale", torch.ones(cfg.n_items, dtype=torch.float32))
 
     def text_matrix(self) -> torch.Tensor:
         """The text view: adapter(frozen text vector) per item (zeros for an ids-only model)."""
@@ -109,6 +113,8 @@ class SeqRecNet(nn.Module):
         items = self.text_matrix() if text_part is None else text_part
         if self.item_id is not None:
             ids = self.item_id.weight
+            if self.cfg.id_gate > 0:
+                ids = ids * self.id_scale.unsqueeze(1)
             if keep_id is not None:
                 ids = ids * keep_id.unsqueeze(1)
             items = items + ids
@@ -261,6 +267,10 @@ class SeqRecommender:
         # at zero, so only their text places them, instead of learning "never chosen" as a fact.
         unseen = torch.as_tensor(counts == 0, device=self.device)
         self.net.trained.copy_(~unseen)
+        if self.config.id_gate > 0:
+            # Few events, little id: rare items lean on their text, frequent ones on their id.
+            scale = counts / (counts + self.config.id_gate)
+            self.net.id_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
         opt = torch.optim.AdamW(
             self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
         )
@@ -423,6 +433,7 @@ class SeqRecommender:
         net = self.net
         net.text = torch.cat([net.text, new])
         net.trained = torch.cat([net.trained, torch.zeros(n, dtype=torch.bool, device=self.device)])
+        net.id_scale = torch.cat([net.id_scale, torch.zeros(n, device=self.device)])
         if net.item_id is not None:
             zeros = torch.zeros(n, self.config.dim, device=self.device)
             # from_pretrained: no random initialisation of a matrix about to be overwritten.
@@ -522,6 +533,8 @@ class SeqRecommender:
         settings = settings.model_copy(update={"device": device})
         model = cls(text_vectors, settings)
         state = torch.load(folder / "model.pt", map_location=model.device, weights_only=True)
+        # Saved before the id gate existed: every id counted in full.
+        state.setdefault("id_scale", torch.ones(model.n_items, device=model.device))
         model.net.load_state_dict(state)
         model.net.eval()
         return model
@@ -572,7 +585,9 @@ class EnsembleRecommender:
             member.update_item_texts(positions, text_vectors)
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        return self.user_vectors(histories) @ self.item_vectors().T
+        # The mean of the members' scores (what the concatenated vectors give), keeping a
+        # member's -inf for items it cannot rank.
+        return sum(m.score(histories) for m in self.members) / len(self.members)
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)

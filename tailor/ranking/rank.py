@@ -8,7 +8,8 @@ made. Candidates come from one of two sources, and everything after them is shar
   times each item vector is the score). The search over-fetches by the longest exclusion, so
   removing seen items still leaves a full pool.
 - `rank_scores`: a dense (users x items) score matrix, for models without vectors (the
-  collaborative baselines, a profile's borrowed shares).
+  collaborative baselines, a profile's borrowed shares). A score of -inf means "cannot rank
+  this item" and keeps it out of the list; NaN ranks last but stays eligible.
 
 The pool (`RankPolicy.candidates`, 200 by default) then goes through `tailor.ranking.rerank`
 at `RankPolicy.strength`; at strength 0 the first `k` candidates are the list.
@@ -82,6 +83,15 @@ def rank_scores(
     real = candidates >= 0
     gathered = np.take_along_axis(scores, np.where(real, candidates, 0), axis=1)
     gathered = np.where(real, gathered, -np.inf).astype(np.float32)
+    # A score of -inf means the model cannot rank the item at all (an id model and an item it
+    # never trained on): never a candidate, so the re-ranker cannot lift it into a list.
+    unrankable = np.isneginf(gathered) & real
+    if unrankable.any():
+        order = np.argsort(unrankable, axis=1, kind="stable")
+        candidates = np.take_along_axis(candidates, order, axis=1)
+        gathered = np.take_along_axis(gathered, order, axis=1)
+        dropped = np.take_along_axis(unrankable, order, axis=1)
+        candidates[dropped] = PAD
     return _finish(candidates, gathered, policy)
 
 

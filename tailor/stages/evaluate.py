@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from tailor import columns as C
+from tailor.evaluation.ablation import ablate, ablation_markdown
 from tailor.evaluation.cold_start import evaluate_cold_start as measure_cold_start
 from tailor.evaluation.compare import SEQUENTIAL, Exam, Trial
 from tailor.evaluation.compare import evaluate_models as compare_models
@@ -37,6 +39,8 @@ class Evaluation:
     sample: Path  # a sample of test-time recommendations, with labels
     primary: str = SEQUENTIAL  # the sequential model's name in `metrics`
     extra_artifacts: list[Path] = field(default_factory=list)
+    ablation: dict[str, dict[str, float]] = field(default_factory=dict)  # row -> test metrics
+    ablation_seconds: float = 0.0
 
     def record(self) -> Record:
         metrics = dict(self.metrics[self.primary])
@@ -46,6 +50,11 @@ class Evaluation:
         for claim, sig in self.significance.items():
             for key in ("ratio", "gain", "low", "high"):
                 metrics[f"vs_baseline.{claim}.{key}"] = sig[key]
+        if self.ablation:
+            metrics["ablation_seconds"] = self.ablation_seconds
+        for row, values in self.ablation.items():
+            slug = "".join(c if c.isalnum() else "_" for c in row).strip("_")
+            metrics.update({f"ablation.{slug}.{k}": v for k, v in values.items()})
         series: dict[str, dict[int, float]] = {}
         for step, row in enumerate(self.sweep):
             for key, value in row.items():
@@ -114,8 +123,21 @@ def evaluate_models(
         train=settings.train,
     )
     significance = bootstrap_claims(comparison, exam, settings.seed)
+    rows, started = [], time.perf_counter()
+    if settings.eval.ablation:
+        rows = ablate(
+            exam,
+            comparison,
+            text_vectors,
+            settings.train,
+            settings.rerank,
+            settings.index,
+            settings.seed,
+        )
+    ablation_seconds = time.perf_counter() - started if rows else 0.0
     table = out_dir / "evaluation.md"
-    table.write_text(evaluation_markdown(comparison, significance, exam, prepared.n_cold_items))
+    report = evaluation_markdown(comparison, significance, exam, prepared.n_cold_items)
+    table.write_text(report + ("\n" + ablation_markdown(rows) if rows else ""))
     k = exam.k
     plot = plot_long_tail(
         exam.popularity,
@@ -152,6 +174,8 @@ def evaluate_models(
         plot=plot,
         tradeoff=tradeoff,
         sample=sample,
+        ablation={row.name: row.metrics for row in rows},
+        ablation_seconds=ablation_seconds,
     )
 
 
