@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install run serve test test-all lint format benchmark benchmark-serve
+.PHONY: install run serve test test-faults test-all lint format benchmark benchmark-serve
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+test-faults: install
+	$(PY) -m pytest -m faults
 
 test-all: lint
 	$(PY) -m pytest -m ""

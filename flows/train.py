@@ -14,7 +14,7 @@ from tailor.stages.register import lineage_of
 from tailor.stages.train import PRODUCTION_RUN
 from tasks.data import prepare_data
 from tasks.embed import embed_items, tune_encoder
-from tasks.evaluate import evaluate_cold_start, evaluate_models
+from tasks.evaluate import evaluate_cold_start, evaluate_draws, evaluate_models
 from tasks.index import build_index
 from tasks.register import bundle_model, register_model, score_champion
 from tasks.train import train_production, train_recommender
@@ -25,6 +25,8 @@ class TrainResult(BaseModel):
     production_run_id: str  # its child run: the production fit, source of the version
     production_seconds: float  # training time of the production fit
     ablation_seconds: float  # training and scoring of the ablation rows (eval.ablation)
+    draws_seconds: float  # the cold-item and new-user draws (eval.draws)
+    draws: list[dict[str, float | int | str]]  # cold-item recall per draw, then pooled
     out_dir: Path
     model_version: str
     promoted: bool
@@ -68,6 +70,11 @@ def train(
         candidate = bundle_model(prepared, vectors, trained.model_dir, index, encoded, out)
         cold_start = evaluate_cold_start(prepared, candidate, settings, out / "cold_start")
         run.log(cold_start)
+        draws = None
+        if settings.eval.draws:
+            # Several held-out item and user sets, one production-recipe fit each.
+            draws = evaluate_draws(prepared, vectors, evaluation, trained, encoded, out / "draws")
+            run.log(draws)
 
         # The production fit: the same recipe on every event. It is what gets registered.
         production = train_production(prepared, vectors, trained, settings, out / "production")
@@ -97,6 +104,8 @@ def train(
             production_run_id=production_run,
             production_seconds=production.seconds,
             ablation_seconds=evaluation.ablation_seconds,
+            draws_seconds=draws.seconds if draws else 0.0,
+            draws=draws.cold if draws else [],
             out_dir=out,
             model_version=decision.version,
             promoted=decision.promoted,

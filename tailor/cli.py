@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tailor.env import configure_environment
-from tailor.settings import load_settings
+from tailor.settings import load_settings, mask_url
 
 
 def _settings(args: argparse.Namespace):
@@ -210,15 +210,17 @@ def _print_where(settings) -> None:
     prefect_home = os.environ.get("PREFECT_HOME", str(workdir / "prefect"))
     print("\n== where things are")
     print(f"   run outputs     {settings.runs_dir}")
-    print(f"   MLflow store    {settings.tracking_uri}")
-    print(f"   recommendations {settings.store_url}")
-    print(f"   live log        {settings.live_url}")
+    # Printed URLs never show a password.
+    print(f"   MLflow store    {mask_url(settings.tracking_uri)}")
+    print(f"   recommendations {mask_url(settings.store_url)}")
+    print(f"   live log        {mask_url(settings.live_url)}")
     print("   read one user:  tailor recommend 42")
     s = settings.serve
     print(f"   live service:   tailor serve   -> http://{s.host}:{s.port}/docs")
     print(
         "   MLflow UI:      MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1 "
-        f"--backend-store-uri {settings.tracking_uri} --port 5000   -> http://127.0.0.1:5000"
+        f"--backend-store-uri {mask_url(settings.tracking_uri)} --port 5000"
+        "   -> http://127.0.0.1:5000"
     )
     print(
         f"   Prefect UI:     PREFECT_HOME={prefect_home} prefect server start"

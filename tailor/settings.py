@@ -14,7 +14,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -165,10 +165,15 @@ class TrainSettings(_Section):
     """The sequential recommender: a causal transformer over item vectors built from text."""
 
     dim: int = Field(64, ge=8, description="Model width.")
-    layers: int = Field(2, ge=1, description="Transformer blocks.")
+    layers: int = Field(2, ge=1, description="Transformer blocks (GRU layers with `gru`).")
     heads: int = Field(2, ge=1, description="Attention heads.")
     max_len: int = Field(50, ge=2, description="Events of history the model reads.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout in blocks and inputs.")
+    sequence: Literal["transformer", "gru"] = Field(
+        "transformer",
+        description="What reads a history: causal self-attention (SASRec-style) or a GRU "
+        "(GRU4Rec-style; the id-only baseline `gru4rec` is this on ids).",
+    )
     text: bool = Field(
         True,
         description="Read the items' language-model vectors (adapter(text)); off = ids only, "
@@ -290,12 +295,13 @@ class EvalSettings(_Section):
         description="Share of items held out of training entirely, to measure cold-item recall; "
         "0 trains on every item.",
     )
-    baselines: list[Literal["most-popular", "item-knn", "ease", "als", "text-cosine", "sasrec"]] = (
-        Field(
-            ["most-popular", "item-knn", "ease", "als", "text-cosine", "sasrec"],
-            description="Baselines evaluated in the same run; `sasrec` is the sequential model on "
-            "ids only (no text), trained with the same budget, early stopping and refit.",
-        )
+    baselines: list[
+        Literal["most-popular", "item-knn", "ease", "als", "text-cosine", "sasrec", "gru4rec"]
+    ] = Field(
+        ["most-popular", "item-knn", "ease", "als", "text-cosine", "sasrec"],
+        description="Baselines evaluated in the same run; `sasrec` is the sequential model on "
+        "ids only (no text), trained with the same budget, early stopping and refit; "
+        "`gru4rec` is the same on ids with a GRU instead of self-attention.",
     )
     search_baselines: bool = Field(
         True, description="Grid-search each baseline on validation (else its defaults)."
@@ -309,11 +315,31 @@ class EvalSettings(_Section):
     bootstrap_resamples: int = Field(
         1000, ge=100, description="Paired bootstrap resamples for the confidence intervals."
     )
+    draws: int = Field(
+        0,
+        ge=0,
+        description="Cold-item and new-user draws: each holds out its own seeded share of items "
+        "and of users, trains the production recipe on the rest and measures them, with an "
+        "item-clustered bootstrap (one training per draw, so off by default; "
+        "benchmarks/quality.py runs 3).",
+    )
+    new_user_share: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Share of eligible users each draw holds out as new."
+    )
+    new_user_events: list[int] = Field(
+        [0, 1, 3, 5],
+        description="A new user's first events given as the whole history, one row per count.",
+    )
+    new_user_targets: int = Field(
+        10, ge=1, description="A new user's next positives scored (after their first events)."
+    )
 
     @model_validator(mode="after")
     def _ks_positive(self) -> EvalSettings:
         if not self.ks or min(self.ks) < 1:
             raise ValueError("eval.ks must be a non-empty list of positive integers")
+        if not self.new_user_events or min(self.new_user_events) < 0:
+            raise ValueError("eval.new_user_events must be a non-empty list of counts >= 0")
         return self
 
 
@@ -356,6 +382,17 @@ class TrackingSettings(_Section):
     refresh_experiment: str = Field("tailor-refresh", description="Experiment for refresh runs.")
     model_name: str = Field("tailor-recommender", description="Registered model name.")
     champion_alias: str = Field("champion", description="Alias the promotion gate moves.")
+    log_personal_data: bool = Field(
+        False,
+        description="Opt in to raw user ids and profile fields in MLflow artifacts (quarantine, "
+        "samples); off = user ids are pseudonymised with a keyed hash and profile fields "
+        "withheld. The run folder in the workdir always keeps the raw files.",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="Key of the pseudonymising hash; None = a random key made once per workdir "
+        "(cache/pseudonym.key, readable only by its owner). Never logged.",
+    )
 
 
 class ServeSettings(_Section):
@@ -422,6 +459,49 @@ class ServeSettings(_Section):
     torch_threads: int = Field(
         1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."
     )
+    max_live_items: int = Field(
+        100_000,
+        ge=0,
+        description="Most items a running model takes on top of its catalogue (POST /items, "
+        "new ids); more are refused with 409 until the next training run includes them.",
+    )
+    encoder_queue_texts: int = Field(
+        256,
+        ge=1,
+        description="Texts (queries, profiles, new items) that may wait for the encoder; more "
+        "are answered 503 with Retry-After instead of queueing without bound.",
+    )
+    write_keys: list[SecretStr] = Field(
+        [],
+        description="API keys accepted on writes (POST /items, POST /events, /admin/*) in the "
+        "X-API-Key header; none = writes are refused (403). Give them through the environment "
+        "(TAILOR_SERVE__WRITE_KEYS='[\"...\"]') or a config file readable only by the service; "
+        "they are never logged, printed or written to MLflow.",
+    )
+    read_keys: list[SecretStr] = Field(
+        [],
+        description="API keys required on reads (recommendations, items); none = reads are "
+        "open. A write key reads too.",
+    )
+    event_future_seconds: float = Field(
+        300.0,
+        ge=0.0,
+        description="Events timestamped later than now plus this (clock skew) are refused.",
+    )
+    event_floor: str = Field(
+        "1990-01-01T00:00:00+00:00",
+        description="Events timestamped before this ISO time are refused.",
+    )
+
+    @model_validator(mode="after")
+    def _floor_is_a_time(self) -> ServeSettings:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(self.event_floor)
+        except ValueError as e:
+            raise ValueError(f"serve.event_floor {self.event_floor!r} is not an ISO time") from e
+        return self
 
 
 class Settings(BaseSettings):
@@ -488,8 +568,38 @@ class Settings(BaseSettings):
             else:
                 out[prefix] = value
 
-        walk("", self.model_dump(mode="json"))
-        return out
+        walk("", self.model_dump(mode="json", exclude=SECRET_FIELDS))
+        # Connection URLs may carry a password: params never do.
+        return {k: mask_url(v) if isinstance(v, str) else v for k, v in out.items()}
+
+    def public_json(self) -> str:
+        """The settings as JSON without keys, URLs masked: what a bundle or a log may hold."""
+        import json
+
+        data = self.model_dump(mode="json", exclude=SECRET_FIELDS)
+
+        def walk(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: walk(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            return mask_url(value) if isinstance(value, str) else value
+
+        return json.dumps(walk(data), indent=2)
+
+
+# Fields that are secrets: never dumped into params, bundles or logs.
+SECRET_FIELDS: dict[str, Any] = {
+    "serve": {"write_keys", "read_keys"},
+    "tracking": {"pseudonym_key"},
+}
+
+
+def mask_url(text: str) -> str:
+    """'postgresql://user:secret@host/db' -> 'postgresql://user:***@host/db'; other text as is."""
+    import re
+
+    return re.sub(r"(\w[\w+.-]*://[^/:@\s]*:)[^@/\s]+@", r"\1***@", text)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

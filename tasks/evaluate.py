@@ -5,7 +5,7 @@ from prefect import get_run_logger
 from tailor.settings import Settings
 from tailor.stages import evaluate as stage
 from tailor.stages.data import PreparedData
-from tailor.stages.evaluate import ColdStart, Evaluation
+from tailor.stages.evaluate import ColdStart, Draws, Evaluation
 from tailor.stages.train import Trained
 from tasks.common import stage_task
 
@@ -35,4 +35,19 @@ def evaluate_cold_start(
     through the live service's code on this run's test cases."""
     result = stage.evaluate_cold_start(prepared, bundle_dir, settings, out_dir)
     get_run_logger().info("cold start:\n%s", result.table.read_text())
+    return result
+
+
+@stage_task()
+def evaluate_draws(
+    prepared: PreparedData,
+    vectors_path: Path,
+    evaluation: Evaluation,
+    trained: Trained,
+    settings: Settings,
+    out_dir: Path,
+) -> Draws:
+    """Cold items and new users over `eval.draws` draws, one production-recipe fit each."""
+    result = stage.evaluate_draws(prepared, vectors_path, evaluation, trained, settings, out_dir)
+    get_run_logger().info("draws:\n%s", result.table.read_text())
     return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tailor.evaluation.ablation import IDS_ONLY, variants
+from tailor.evaluation.ablation import ENCODER_TUNING, IDS_ONLY, variants
 from tailor.settings import TrainSettings
 from tailor.stages.evaluate import evaluate_models
 from tests.conftest import tiny_settings, train_tiny_bundle
@@ -26,7 +26,8 @@ def test_the_ablation_table_compares_every_row_with_ids_only(workdir, tmp_path):
     prepared, embedded, trained, _ = train_tiny_bundle(settings, tmp_path)
     evaluation = evaluate_models(prepared, embedded.vectors, trained, settings, tmp_path / "e")
     names = list(evaluation.ablation)
-    assert names == [IDS_ONLY, "text only", "ids + text", "+ text view", "+ id gate (tailor-seq)"]
+    configured = "+ id gate (tailor-seq)"
+    assert names == [IDS_ONLY, "text only", "ids + text", "+ text view", configured, ENCODER_TUNING]
     # The configured row is the evaluated model itself: the same numbers as tailor-seq's.
     ours = evaluation.metrics["tailor-seq"]
     assert (
@@ -35,6 +36,10 @@ def test_the_ablation_table_compares_every_row_with_ids_only(workdir, tmp_path):
     # Ids only cannot rank the held-out items; every row with text can.
     assert evaluation.ablation[IDS_ONLY]["cold_recall_at_20"] == 0.0
     assert np.isfinite(evaluation.ablation["text only"]["test_ndcg_at_10"])
+    # The tuned encoder's row is the configured recipe on other vectors: other numbers.
+    tuned = evaluation.ablation[ENCODER_TUNING]
+    assert tuned != evaluation.ablation[configured]
+    assert 0.0 <= tuned["cold_recall_at_20"] <= 1.0
     text = evaluation.table.read_text()
     assert "Ablation" in text and "+ text view" in text
     assert "ablation.text_only.test_ndcg_at_10" in evaluation.record().metrics

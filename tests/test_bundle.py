@@ -110,3 +110,66 @@ def test_promote_by_hand_moves_the_alias(trained, settings, monkeypatch, capsys)
     assert main(["promote", version]) == 0
     assert str(champion(client, name, "champion").version) == version
     assert "promoted by hand" in capsys.readouterr().out
+
+
+class _Planted:
+    """Unpickling this writes a file: the proof that something was unpickled."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (_touch, (self.target,))
+
+
+def _touch(path: str) -> None:
+    with open(path, "w") as fh:
+        fh.write("unpickled")
+
+
+def test_loading_a_version_never_unpickles_and_checks_every_file(trained, settings, tmp_path):
+    import pickle
+    import shutil
+
+    from tailor.models.bundle import CHECKSUMS, BundleIntegrityError, verify_bundle
+
+    _, folder = trained
+    client = client_for(settings.tracking_uri)
+    experiment = ensure_experiment(client, "t", settings.artifact_root)
+    run = start_or_resume_run(client, experiment, None, "r")
+    version = register_bundle(client, run, folder, "m", {})
+    # Whoever can write to the artifact store plants code in the pyfunc's pickle.
+    marker = tmp_path / "pwned"
+    pickles = list(settings.workdir.resolve().rglob("python_model.pkl"))
+    assert pickles
+    for path in pickles:
+        path.write_bytes(pickle.dumps(_Planted(str(marker))))
+    loaded = load_bundle(settings.tracking_uri, "m", version)
+    assert loaded.item_ids == Bundle(folder).item_ids and not marker.exists()
+
+    # A changed, added or removed file of the bundle is refused, naming it.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    digest = client.get_model_version("m", version).tags["tailor.bundle_sha256"]
+    verify_bundle(copy, digest)
+    items = copy / "items.parquet"
+    data = bytearray(items.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    items.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match=r"items\.parquet differs"):
+        verify_bundle(copy, digest)
+    shutil.copy(folder / "items.parquet", items)
+    (copy / "extra.py").write_text("print('hi')")
+    with pytest.raises(BundleIntegrityError, match=r"not registered: extra\.py"):
+        verify_bundle(copy, digest)
+    (copy / "extra.py").unlink()
+    (copy / CHECKSUMS).write_text("{}")
+    with pytest.raises(BundleIntegrityError, match="not the one registered"):
+        verify_bundle(copy, digest)
+    # The artifact store's copy tampered with: loading refuses it.
+    stored = [p for p in settings.workdir.resolve().rglob("index.faiss") if "mlartifacts" in str(p)]
+    assert stored
+    for path in stored:
+        path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(BundleIntegrityError, match=r"index\.faiss differs"):
+        load_bundle(settings.tracking_uri, "m", version)

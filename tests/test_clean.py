@@ -255,3 +255,45 @@ def test_clean_all_report_balances() -> None:
     assert clean.quarantine.schema == {C.SOURCE: pl.Utf8, C.REASON: pl.Utf8, C.ROW: pl.Utf8}
     summary = summarize_quarantine(clean.quarantine)
     assert summary.row(0) == ("events.csv", INVALID_WEIGHT, 3)
+
+
+def test_live_items_pass_the_source_rules_and_are_counted() -> None:
+    raw = RawData(
+        interactions=_text(user_id=["u1"], item_id=["a"], timestamp=["100"], weight=["1"]),
+        items=_text(item_id=["a", "b"], title=["Alpha", "Beta"]),
+        users=None,
+        sources={"interactions": "events.csv", "items": "items.csv"},
+        text_template="{title}",
+        label_template="{title}",
+    )
+    live = _text(
+        item_id=["n1", "  ", "n2", "b", "n1"],
+        text=["New One", "No Id", "   ", "Beta Reworded", "New One, v2"],
+        label=["N1", None, "N2", None, None],
+    )
+    clean = clean_all(raw, live_items=live)
+    entry = clean.report["live_items"]
+    assert entry == {
+        "file": "live log (items)",
+        "rows_in": 5,
+        "rows_out": 3,
+        "rejected": {EMPTY_TEXT: 1, MISSING_ITEM_ID: 1},
+    }
+    rejected = clean.quarantine.filter(pl.col(C.SOURCE) == "live log (items)")
+    assert sorted(rejected[C.REASON].to_list()) == [EMPTY_TEXT, MISSING_ITEM_ID]
+    items = {r[C.ITEM_ID]: r for r in clean.items.iter_rows(named=True)}
+    assert set(items) == {"a", "b", "n1"}  # n2 (blank text) is not published
+    assert items["n1"][C.TEXT] == "New One, v2" and items["n1"][C.LABEL] == "n1"
+    assert items["b"][C.TEXT] == "Beta Reworded"
+
+
+def test_a_text_of_punctuation_only_is_empty() -> None:
+    # Every field of "{title}. {description}" empty renders as ".": nothing to read.
+    items = _text(
+        item_id=["a", "b", "c"],
+        title=["Alpha", None, "\u00c9t\u00e9"],
+        description=[None, "", None],
+    )
+    clean, quarantine = clean_items(items, "items.csv", "{title}. {description}", "{title}")
+    assert clean[C.ITEM_ID].to_list() == ["a", "c"]
+    assert quarantine[C.REASON].to_list() == [EMPTY_TEXT]

@@ -38,6 +38,8 @@ def _make(name: str):
         return _sequential(text, histories)
     if name == "sasrec":
         return _sequential(text, histories, text=False, text_view_weight=0.0)
+    if name == "gru4rec":
+        return _sequential(text, histories, text=False, text_view_weight=0.0, sequence="gru")
     if name == "ensemble":
         return EnsembleRecommender(
             [_sequential(text, histories, 0), _sequential(text, histories, 1)]
@@ -53,6 +55,7 @@ MODELS = [
     "ease",
     "als",
     "sasrec",
+    "gru4rec",
     "tailor-seq",
     "ensemble",
 ]

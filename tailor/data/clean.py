@@ -80,6 +80,11 @@ def _blank(column: str) -> pl.Expr:
     return pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")
 
 
+def _no_words(column: str) -> pl.Expr:
+    """No letter or digit at all: a template whose fields are all empty renders as ". "."""
+    return pl.col(column).is_null() | ~pl.col(column).str.contains(r"[\p{L}\p{N}]")
+
+
 def _first_reason(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
     """The reason of the first failing check, null when the row passes them all."""
     expr: Any = pl
@@ -236,7 +241,7 @@ def clean_items(
     checks: list[tuple[pl.Expr, str]] = [(_blank(C.ITEM_ID), MISSING_ITEM_ID)]
     if item_vectors is None:
         frame = frame.with_columns(text.alias(C.TEXT))
-        checks.append((pl.col(C.TEXT) == "", EMPTY_TEXT))
+        checks.append((_no_words(C.TEXT), EMPTY_TEXT))
     else:
         absent = [c for c in (C.ITEM_ID, C.VECTOR) if c not in item_vectors.columns]
         if absent:
@@ -362,6 +367,26 @@ def _report_entry(source: str, rows_in: int, rows_out: int, quarantine: pl.DataF
     return {"file": source, "rows_in": rows_in, "rows_out": rows_out, "rejected": rejected}
 
 
+def clean_live_items(live: pl.DataFrame, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The live log's items under the rules source items pass: a blank id or an empty text is
+    quarantined with its reason. A repeated id is not an error here (a later text updates an
+    item); the last one wins in `merge_live_items`."""
+    _require(live, [C.ITEM_ID, C.TEXT], "items", source)
+    original = _as_text(live.select(C.ITEM_ID, C.TEXT, C.LABEL))
+    frame = original.with_row_index(_ROW).with_columns(
+        pl.col(C.ITEM_ID).str.strip_chars(), pl.col(C.TEXT).str.strip_chars()
+    )
+    judged = frame.with_columns(
+        _first_reason([(_blank(C.ITEM_ID), MISSING_ITEM_ID), (_no_words(C.TEXT), EMPTY_TEXT)])
+    )
+    quarantine, counts = _quarantine(original, judged, source)
+    kept = judged.filter(pl.col(_WHY).is_null()).with_columns(
+        pl.when(_blank(C.LABEL)).then(pl.col(C.ITEM_ID)).otherwise(pl.col(C.LABEL)).alias(C.LABEL)
+    )
+    _log_counts("live items", source, live.height, kept.height, counts)
+    return kept.select(C.ITEM_ID, C.TEXT, C.LABEL), quarantine
+
+
 def merge_live_items(items: pl.DataFrame, live: pl.DataFrame) -> pl.DataFrame:
     """Items with the live log's texts applied: known ids get the new text and label, new ids
     are added (their other fields empty); sorted by id like `clean_items`' output."""
@@ -394,8 +419,12 @@ def clean_all(
         raw.items, src_items, raw.text_template, raw.label_template, item_vectors
     )
     n_file_items = items.height
+    live_report = None
     if live_items is not None and not live_items.is_empty():
-        items = merge_live_items(items, live_items)
+        src_live_items = f"{live_source} (items)"
+        kept, q_live_items = clean_live_items(live_items, src_live_items)
+        live_report = _report_entry(src_live_items, live_items.height, kept.height, q_live_items)
+        items = merge_live_items(items, kept)
     interactions, q_inter = clean_interactions(
         raw.interactions, src_inter, items.get_column(C.ITEM_ID), timestamp_format
     )
@@ -406,13 +435,9 @@ def clean_all(
         "items": _report_entry(src_items, raw.items.height, n_file_items, q_items),
     }
     quarantines = [q_inter, q_items]
-    if live_items is not None and not live_items.is_empty():
-        report["live_items"] = {
-            "file": f"{live_source} (items)",
-            "rows_in": live_items.height,
-            "rows_out": live_items.height,
-            "rejected": {},
-        }
+    if live_report is not None:
+        report["live_items"] = live_report
+        quarantines.append(q_live_items)
     if live_events is not None and not live_events.is_empty():
         src_live = f"{live_source} (events)"
         # The log stores typed UTC times: read them as ISO text, whatever the file's format.

@@ -154,7 +154,20 @@ def build_histories(
 def _add_cold_cases(
     hist: Histories, warm: pl.DataFrame, cold_events: pl.DataFrame, position: dict[str, int]
 ) -> None:
-    """For each positive event on a cold item: the user's warm events strictly before it."""
+    hist.cold_histories, hist.cold_targets = cold_item_cases(warm, cold_events, position)
+    hist.cold_items = np.asarray(
+        sorted({position[i] for i in cold_events[C.ITEM_ID].unique().to_list()}), dtype=np.int64
+    )
+
+
+def cold_item_cases(
+    warm: pl.DataFrame, cold_events: pl.DataFrame, position: dict[str, int]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """For each positive event on a cold item: the user's warm events strictly before it.
+
+    `warm` has C.USER_ID, C.TIMESTAMP and "pos" (item positions), in time order per user.
+    Returns (histories, target positions); users with no warm event before are not a case.
+    """
     by_user = {
         user: (group[C.TIMESTAMP].to_numpy(), group["pos"].to_numpy())
         for (user,), group in warm.group_by(C.USER_ID, maintain_order=True)
@@ -175,11 +188,7 @@ def _add_cold_cases(
             continue  # nothing known about the user yet: not a cold-item case
         histories.append(np.asarray(before, dtype=np.int64))
         targets.append(position[item])
-    hist.cold_histories = histories
-    hist.cold_targets = np.asarray(targets, dtype=np.int64)
-    hist.cold_items = np.asarray(
-        sorted({position[i] for i in cold_events[C.ITEM_ID].unique().to_list()}), dtype=np.int64
-    )
+    return histories, np.asarray(targets, dtype=np.int64)
 
 
 def event_histories(

@@ -8,7 +8,9 @@ policy (the tail-aware re-ranking included), on the run's test and cold-item cas
 - ids + text: both, no text view, no id gate;
 - + text view: the second loss that scores new items by their text;
 - + id gate: ids weighed by an item's events (when configured);
-- the configured model (tailor-seq itself).
+- the configured model (tailor-seq itself);
+- + encoder tuning: the configured model on the vectors of an encoder tuned on this run's
+  training positives (when the run's own encoder is not tuned).
 
 Each row's per-user NDCG@10, Recall@20 and tail-recall@20 are bootstrapped against ids only.
 """
@@ -30,6 +32,7 @@ from tailor.settings import IndexSettings, RerankSettings, TrainSettings
 log = logging.getLogger(__name__)
 
 IDS_ONLY = "ids only (SASRec-CE)"
+ENCODER_TUNING = "+ encoder tuning"
 COLUMNS = [
     ("NDCG@10", "test_ndcg_at_10"),
     ("Recall@20", "test_recall_at_20"),
@@ -71,18 +74,23 @@ def ablate(
     rerank: RerankSettings,
     index: IndexSettings,
     seed: int,
+    tuned_vectors: np.ndarray | None = None,
 ) -> list[AblationRow]:
-    """The ablation rows (see the module), the configured model last."""
+    """The ablation rows (see the module); with `tuned_vectors` (a tuned encoder's item
+    vectors) the configured recipe on those is the last row."""
     policy = exam.policy(rerank)
     hist = exam.hist
     models: dict[str, Any] = {}
     if SASREC in comparison.evaluated:
         models[IDS_ONLY] = comparison.evaluated[SASREC]
     to_train, configured = variants(train)
-    for name, changes in to_train.items():
+    runs = [(name, text_vectors, changes) for name, changes in to_train.items()]
+    if tuned_vectors is not None:
+        runs.append((ENCODER_TUNING, tuned_vectors, {}))
+    for name, vectors, changes in runs:
         log.info("ablation: training %s", name)
         fitted = fit_recipe(
-            text_vectors,
+            vectors,
             train.model_copy(update=changes),
             seed,
             hist.train,
@@ -93,6 +101,8 @@ def ablate(
         )
         models[name] = fitted.evaluated
     models[configured] = comparison.evaluated[SEQUENTIAL]
+    if ENCODER_TUNING in models:  # after the configured row: it adds to that model
+        models[ENCODER_TUNING] = models.pop(ENCODER_TUNING)
 
     tops: dict[str, dict[str, np.ndarray]] = {}
     rows = []

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 SEQUENTIAL = "tailor-seq"
 SASREC = "sasrec"  # the same network on item ids only: what the text adds is the difference
+GRU4REC = "gru4rec"  # the same recipe on ids with a GRU reading the history
+# The id-only sequential baselines and what reads their histories (`train.sequence`).
+ID_SEQUENTIAL = {SASREC: "transformer", GRU4REC: "gru"}
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,8 @@ def evaluate_models(
     `text_vectors` are what the model read; when they came from a tuned encoder,
     `frozen_vectors` are the pre-trained encoder's: `text-cosine` reads those (text as it
     comes) and `text-cosine-tuned` shows what the tuning alone does for a text-only model.
-    `sasrec` is trained with `train` (the sequential model's settings, its budget included)
-    with the text switched off.
+    `sasrec` and `gru4rec` are trained with `train` (the sequential model's settings, its
+    budget included) with the text switched off (and a GRU for `gru4rec`).
     """
     out = Comparison()
     served = exam.policy(rerank)
@@ -161,8 +164,10 @@ def evaluate_models(
     plain = exam.policy(None)
     for name, vectors in baselines.items():
         kind = "text-cosine" if name == "text-cosine-tuned" else name
-        if kind == SASREC:
-            valid_rec, refit_rec, out.params[name] = train_sasrec(exam, vectors, train, seed)
+        if kind in ID_SEQUENTIAL:
+            valid_rec, refit_rec, out.params[name] = train_id_sequential(
+                exam, vectors, train, seed, ID_SEQUENTIAL[kind]
+            )
         else:
             best, trials = search_baseline(kind, exam, vectors)
             out.trials.extend(trials)
@@ -176,7 +181,7 @@ def evaluate_models(
         }
         out.metrics[name] = exam.measure(tops)
         out.test_tops[name], out.cold_tops[name] = tops["test"], tops["cold"]
-        if kind == SASREC:
+        if kind in ID_SEQUENTIAL:
             out.evaluated[name] = refit_rec
 
     # The re-ranking knob: what accuracy buys what tail share, on test.
@@ -191,12 +196,20 @@ def evaluate_models(
     return out
 
 
-def train_sasrec(exam: Exam, text_vectors: np.ndarray, train: TrainSettings | None, seed: int):
-    """SASRec with full-softmax cross-entropy on item ids (the sequential model's network, text
-    switched off), by the same recipe and budget as the sequential model: (early-stopped,
-    evaluated, its parameters for the child run)."""
+def train_id_sequential(
+    exam: Exam,
+    text_vectors: np.ndarray,
+    train: TrainSettings | None,
+    seed: int,
+    sequence: str = "transformer",
+):
+    """A sequential model on item ids with full-softmax cross-entropy: SASRec (the sequential
+    model's network, text switched off) or GRU4Rec (`sequence="gru"`), by the same recipe and
+    budget as the sequential model: (early-stopped, evaluated, its parameters for the child
+    run)."""
     train = train or TrainSettings()
-    ids_only = train.model_copy(update={"text": False, "text_view_weight": 0.0})
+    update = {"text": False, "text_view_weight": 0.0, "id_gate": 0.0, "sequence": sequence}
+    ids_only = train.model_copy(update=update)
     hist = exam.hist
     fitted = fit_recipe(
         text_vectors,
@@ -212,10 +225,13 @@ def train_sasrec(exam: Exam, text_vectors: np.ndarray, train: TrainSettings | No
         "epochs": fitted.report.best_epoch,
         "epoch_budget": ids_only.epochs,
         "patience": ids_only.patience,
-        **ids_only.model_dump(include={"dim", "layers", "heads", "max_len", "dropout"}),
+        **ids_only.model_dump(include={"sequence", "dim", "layers", "max_len", "dropout"}),
         **ids_only.model_dump(include={"learning_rate", "batch_size", "refit", "ensemble"}),
     }
-    log.info("sasrec: best epoch %d of %d", fitted.report.best_epoch, len(fitted.report.losses))
+    if sequence == "transformer":
+        params["heads"] = ids_only.heads
+    best, ran = fitted.report.best_epoch, len(fitted.report.losses)
+    log.info("%s on ids: best epoch %d of %d", sequence, best, ran)
     return fitted.valid_model, fitted.evaluated, params
 
 

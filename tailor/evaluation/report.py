@@ -66,17 +66,20 @@ def evaluation_markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_sample(labels: list[str], exam: Exam, top: np.ndarray, path: Path) -> Path:
-    """The first 25 test users' top 10 with the held-out item and whether it was found."""
+def write_sample(labels: list[str], exam: Exam, top: np.ndarray, path: Path, show_ids=None) -> Path:
+    """The first 25 test users' top 10 with the held-out item and whether it was found.
+
+    `show_ids` maps user ids to what the artifact may show (pseudonyms by default upstream)."""
     hist = exam.hist
     rows = []
-    for row, user_row in enumerate(hist.test_users[:25]):
+    shown = (show_ids or (lambda ids: list(ids)))([hist.users[r] for r in hist.test_users[:25]])
+    for row in range(len(shown)):
         for rank, item in enumerate(top[row, :10], start=1):
             if item < 0:
                 continue
             rows.append(
                 {
-                    C.USER_ID: hist.users[user_row],
+                    C.USER_ID: shown[row],
                     C.RANK: rank,
                     C.LABEL: labels[item],
                     "held_out": labels[hist.test_targets[row]],

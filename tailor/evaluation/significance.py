@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tailor.evaluation.compare import SASREC, SEQUENTIAL, Comparison, Exam
+from tailor.evaluation.compare import ID_SEQUENTIAL, SEQUENTIAL, Comparison, Exam
 from tailor.evaluation.metrics import paired_bootstrap, per_user_metric
 
 
@@ -15,14 +15,15 @@ def bootstrap_claims(comparison: Comparison, exam: Exam, seed: int) -> dict[str,
 
     Against the best order-free baseline (collaborative filtering, popularity, text): NDCG@10,
     tail-recall@20, and cold-item recall@20 against text-cosine. Against SASRec on ids (the
-    same network without text), when it ran: NDCG@10 and tail-recall@20, claims ending in
-    `_vs_sasrec`. Returns {claim: {"vs", "ratio", "gain", "low", "high"}}; a gain is real when
+    same network without text) and GRU4Rec on ids, when they ran: NDCG@10 and tail-recall@20,
+    claims ending in `_vs_sasrec` / `_vs_gru4rec`. Returns
+    {claim: {"vs", "ratio", "gain", "low", "high"}}; a gain is real when
     "low" (the lower end of the 95 % interval of the per-user difference) is above zero.
     """
     metrics, tops, cold_tops = comparison.metrics, comparison.test_tops, comparison.cold_tops
     hist = exam.hist
     out: dict[str, dict[str, Any]] = {}
-    baselines = [m for m in metrics if m not in (SEQUENTIAL, SASREC)]
+    baselines = [m for m in metrics if m != SEQUENTIAL and m not in ID_SEQUENTIAL]
     if not baselines or len(hist.test_targets) == 0:
         return out
 
@@ -54,19 +55,19 @@ def bootstrap_claims(comparison: Comparison, exam: Exam, seed: int) -> dict[str,
             per_user_metric(tops[SEQUENTIAL][tail], targets[tail], "recall", 20),
             per_user_metric(tops[best][tail], targets[tail], "recall", 20),
         )
-    if SASREC in metrics:
+    for other in (m for m in ID_SEQUENTIAL if m in metrics):
         record(
-            f"ndcg_at_10_vs_{SASREC}",
-            SASREC,
+            f"ndcg_at_10_vs_{other}",
+            other,
             per_user_metric(tops[SEQUENTIAL], targets, "ndcg", 10),
-            per_user_metric(tops[SASREC], targets, "ndcg", 10),
+            per_user_metric(tops[other], targets, "ndcg", 10),
         )
         if tail.any():
             record(
-                f"tail_recall_at_20_vs_{SASREC}",
-                SASREC,
+                f"tail_recall_at_20_vs_{other}",
+                other,
                 per_user_metric(tops[SEQUENTIAL][tail], targets[tail], "recall", 20),
-                per_user_metric(tops[SASREC][tail], targets[tail], "recall", 20),
+                per_user_metric(tops[other][tail], targets[tail], "recall", 20),
             )
     if len(hist.cold_targets) and "text-cosine" in cold_tops:
         record(

@@ -5,12 +5,17 @@ text_vectors.npy    frozen language-model vectors (for reasons and text-only use
 item_vectors.npy    the fine-tuned model's item vectors (what the index holds)
 index.faiss         faiss inner-product index over item_vectors
 model/              fine-tuned weights and their config
-settings.json       the run's resolved settings
+settings.json       the run's resolved settings (no keys, URLs masked)
 lineage.json        what it was trained on and how it was evaluated (production bundles)
+checksums.json      sha256 of every other file; its own sha256 is recorded at registration
+
+Loading reads only data formats: parquet, JSON, .npy without pickle, torch weights with
+`weights_only=True`, a faiss index. Nothing in a bundle is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +30,64 @@ from tailor.models.sequential import EnsembleRecommender, SeqRecommender, load_r
 
 POPULARITY = "popularity"
 LINEAGE_TAG = "tailor.lineage."
+CHECKSUMS = "checksums.json"
+DIGEST_TAG = "tailor.bundle_sha256"  # the model version's tag: sha256 of checksums.json
+
+
+class BundleIntegrityError(RuntimeError):
+    """A bundle's files are not the ones recorded at registration."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> str:
+    """Record the sha256 of every file of the bundle; returns the digest of that record."""
+    folder = Path(folder)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() != CHECKSUMS
+    )
+    sums = {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+    (folder / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
+    return bundle_digest(folder)
+
+
+def bundle_digest(folder: Path) -> str:
+    return _sha256(Path(folder) / CHECKSUMS)
+
+
+def verify_bundle(folder: Path, expected_digest: str) -> None:
+    """Every file as recorded, nothing added, the record itself as registered; else raise
+    `BundleIntegrityError` naming what differs."""
+    folder = Path(folder)
+    record = folder / CHECKSUMS
+    if not record.is_file():
+        raise BundleIntegrityError(f"model bundle {folder} has no {CHECKSUMS}")
+    if bundle_digest(folder) != expected_digest:
+        raise BundleIntegrityError(
+            f"{record} is not the one registered (sha256 differs from the version's "
+            f"{DIGEST_TAG} tag)"
+        )
+    sums = json.loads(record.read_text())
+    present = {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() != CHECKSUMS
+    }
+    for name in sorted(present | set(sums)):
+        if name not in sums:
+            raise BundleIntegrityError(f"model bundle {folder} has a file not registered: {name}")
+        if name not in present:
+            raise BundleIntegrityError(f"model bundle {folder} is missing {name}")
+        if _sha256(folder / name) != sums[name]:
+            raise BundleIntegrityError(f"{folder / name} differs from the registered file")
 
 
 @dataclass(frozen=True)
@@ -87,6 +150,7 @@ def write_bundle(
     (folder / "settings.json").write_text(settings_json)
     if lineage is not None:
         (folder / "lineage.json").write_text(json.dumps(asdict(lineage), indent=2))
+    write_checksums(folder)  # last: it covers every file above
     return folder
 
 

@@ -42,6 +42,7 @@ class ModelConfig:
     text_view: bool = False
     text: bool = True  # False: ids only, a plain SASRec (the id-only baseline)
     id_gate: float = 0.0  # > 0: an item's id part weighs n / (n + id_gate), n its positives
+    sequence: str = "transformer"  # or "gru" (GRU4Rec-style)
 
     @classmethod
     def from_settings(cls, n_items: int, text_dim: int, s: TrainSettings) -> ModelConfig:
@@ -57,6 +58,7 @@ class ModelConfig:
             text_view=s.text_view_weight > 0 and s.id_embedding and s.text,
             text=s.text,
             id_gate=s.id_gate if s.text else 0.0,
+            sequence=s.sequence,
         )
 
 
@@ -84,15 +86,25 @@ class SeqRecNet(nn.Module):
             nn.init.normal_(self.item_id.weight, std=0.02)
         self.position = nn.Embedding(cfg.max_len, cfg.dim)
         nn.init.normal_(self.position.weight, std=0.02)
-        layer = nn.TransformerEncoderLayer(
-            cfg.dim,
-            cfg.heads,
-            dim_feedforward=2 * cfg.dim,
-            dropout=cfg.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        if cfg.sequence == "gru":
+            # GRU4Rec: order comes from the recurrence (no positions are added in `encode`).
+            self.blocks = nn.GRU(
+                cfg.dim,
+                cfg.dim,
+                cfg.layers,
+                batch_first=True,
+                dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+            )
+        else:
+            layer = nn.TransformerEncoderLayer(
+                cfg.dim,
+                cfg.heads,
+                dim_feedforward=2 * cfg.dim,
+                dropout=cfg.dropout,
+                batch_first=True,
+                norm_first=True,
+            )
+            self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.input_drop = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
         # Which items had training events; the others are scored by the text view alone.
@@ -126,6 +138,11 @@ class SeqRecNet(nn.Module):
             items = self.item_matrix()
         pad = seqs < 0
         x = items[seqs.clamp(min=0)] * (~pad).unsqueeze(-1)
+        if self.cfg.sequence == "gru":
+            # Left padding is zeros read before the first event: the same start state for
+            # every user, so no packing is needed and the last position is the user.
+            h, _ = self.blocks(self.input_drop(x))
+            return self.norm(h)
         x = x + self.position.weight[-seqs.shape[1] :]
         x = self.input_drop(x)
         length = seqs.shape[1]
@@ -650,3 +667,25 @@ def fit_recipe(
         seconds += again.fit(refit, seed=seed, progress=progress, liked=refit_liked).seconds
         evaluated = EnsembleRecommender([model, again]) if settings.ensemble else again
     return RecipeFit(model, evaluated, report, seconds)
+
+
+def fit_members(
+    text_vectors: np.ndarray,
+    settings: TrainSettings,
+    seeds: Sequence[int],
+    histories: Sequence[np.ndarray],
+    liked: Sequence[np.ndarray],
+    progress: bool = False,
+) -> tuple[SeqRecommender | EnsembleRecommender, list[list[float]], float]:
+    """One model per seed on the same events for `settings.epochs` (no validation left), their
+    mean when more than one: the production recipe. Returns (model, losses per member, seconds).
+    """
+    members, losses, seconds = [], [], 0.0
+    for seed in seeds:
+        member = SeqRecommender(text_vectors, settings, seed=seed)
+        report = member.fit(histories, seed=seed, progress=progress, liked=liked)
+        members.append(member)
+        losses.append(report.losses)
+        seconds += report.seconds
+    model = EnsembleRecommender(members) if len(members) > 1 else members[0]
+    return model, losses, seconds

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 POPULAR_REASON = "popular with everyone"
+PROFILE_REASON = "liked by people with a profile like yours"
 HISTORY_REASON = "based on what you have seen"
 NEW_PREFIX = "new: "
 

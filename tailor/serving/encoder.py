@@ -41,8 +41,13 @@ class TextVectors:
         backend: str = "torch",
         cache_dir: Path | None = None,
         threads: int = 1,
+        max_pending: int = 0,
     ) -> None:
         self.embed = embed
+        # Texts waiting for the encoder at most (0 = unbounded): beyond it `submit` refuses
+        # with EncoderBusyError instead of letting the queue, and every wait in it, grow.
+        self.max_pending = max_pending
+        self._pending = 0
         self.model_id = encoder_id(embed)
         self.int8 = int8
         self.backend = "torch"
@@ -100,6 +105,13 @@ class TextVectors:
             done.set_result(out)
             return done
         todo = list(missing)
+        with self._lock:
+            if self.max_pending and self._pending + len(todo) > self.max_pending:
+                raise EncoderBusyError(
+                    f"the encoder has {self._pending} texts waiting (serve.encoder_queue_texts "
+                    f"= {self.max_pending}); retry shortly"
+                )
+            self._pending += len(todo)
         job: Future = Future()
 
         def fill(finished: Future) -> None:
@@ -129,6 +141,8 @@ class TextVectors:
             try:
                 vectors = self.encoder.encode(unique)
             except Exception as e:  # every waiting request gets the error, none hangs
+                with self._lock:
+                    self._pending -= sum(len(texts) for texts, _ in batch)
                 for _, job in batch:
                     job.set_exception(e)
                 continue
@@ -140,8 +154,13 @@ class TextVectors:
                         self._cache.move_to_end(text)
                     while len(self._cache) > self._size:
                         self._cache.popitem(last=False)
+                self._pending -= sum(len(texts) for texts, _ in batch)
             for texts, job in batch:
                 job.set_result(vectors[[row[t] for t in texts]])
+
+
+class EncoderBusyError(RuntimeError):
+    """Too many texts are waiting for the encoder: the request should be retried."""
 
 
 class NoTextSpaceError(ValueError):

@@ -11,47 +11,153 @@ GET  /items/{item_id}               one served item
 POST /events                        feedback: logged durably, applied to the session at once
 POST /admin/reload                  check the champion alias now
 
+Writes (POST /items, POST /events, /admin/*) need an API key of `serve.write_keys` in the
+X-API-Key header (none configured = writes refused); reads need one of `serve.read_keys` when
+any is set. Keys are compared in constant time and never logged.
+
 Model work runs on the event loop, one request at a time (it takes a millisecond or two);
-only the language model (queries, profiles, new items) and loading run in worker threads.
+the language model (queries, profiles, new items, a bounded queue), the events' durable commit
+and loading run in worker threads.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
 # and some name limits from this deployment's settings, which only exist inside create_app.
 import asyncio
 import gc
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
+    create_model,
     field_validator,
-    model_validator,
 )
 
 from tailor.data.livelog import LiveEvent, LiveItem, LiveLogError
-from tailor.serving.encoder import NoTextSpaceError
+from tailor.serving.encoder import EncoderBusyError, NoTextSpaceError
 from tailor.serving.recommend import LiveQuery
-from tailor.serving.service import Service, UnknownItemsError
+from tailor.serving.service import LiveItemsFullError, Service, UnknownItemsError
 from tailor.serving.store import StoreError
 from tailor.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+def _no_bool(value: Any) -> Any:
+    # JSON true/false is not a number, whatever Python's bool thinks.
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+def _number(kind: type = float, **bounds: float) -> Any:
+    """A JSON number (or integer) with its bounds in the schema, booleans refused."""
+    return Annotated[kind, Field(**bounds), BeforeValidator(_no_bool)]
+
+
+Number = _number()
 UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ItemResponse(BaseModel):
+    item_id: str
+    label: str
+    text: str
+    new: bool = Field(description="Added after the model was trained.")
+    tail: bool = Field(description="Outside the most popular items.")
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: a message (or, for unknown items, a message and the ids)."""
+
+    detail: Any = Field(description="Why the request was refused.")
+
+
+KEY_HEADER = "X-API-Key"
+_api_key = APIKeyHeader(
+    name=KEY_HEADER,
+    auto_error=False,
+    description="An API key of serve.write_keys (writes) or serve.read_keys (reads, when set).",
+)
+# Documented on the endpoints that check a key.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No X-API-Key header."},
+    403: {"model": ErrorResponse, "description": "The key is not valid here (or none is set)."},
+}
+# Every endpoint that needs the model or the stores may answer these.
+SERVING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorResponse,
+        "description": "No model loaded yet, a store is down, or the encoder's queue is full "
+        "(with Retry-After).",
+    },
+}
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A Content-Length that is not a size."},
+    413: {"model": ErrorResponse, "description": "The body is over serve.max_body_bytes."},
+}
+TEXT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "This model cannot embed text (file vectors), or (items) holds "
+        "serve.max_live_items added items already.",
+    },
+}
+
+
+def key_matches(presented: str, keys: list[SecretStr]) -> bool:
+    """Constant-time comparison against every key (no early exit on the first match)."""
+    found = False
+    given = presented.encode()
+    for key in keys:
+        found |= hmac.compare_digest(given, key.get_secret_value().encode())
+    return found
+
+
+def key_checks(settings: Settings):
+    """(read check, write check): FastAPI dependencies raising 401/403."""
+    serve = settings.serve
+
+    def write(key: Annotated[str | None, Security(_api_key)] = None) -> None:
+        if not serve.write_keys:
+            raise HTTPException(403, "writes are disabled: this service has no serve.write_keys")
+        if not key:
+            raise HTTPException(
+                401, f"this endpoint needs an {KEY_HEADER} header", {"WWW-Authenticate": "ApiKey"}
+            )
+        if not key_matches(key, serve.write_keys):
+            raise HTTPException(403, f"the {KEY_HEADER} is not valid for writes")
+
+    def read(key: Annotated[str | None, Security(_api_key)] = None) -> None:
+        if not serve.read_keys:
+            return
+        if not key:
+            raise HTTPException(
+                401, f"this endpoint needs an {KEY_HEADER} header", {"WWW-Authenticate": "ApiKey"}
+            )
+        if not key_matches(key, [*serve.read_keys, *serve.write_keys]):
+            raise HTTPException(403, f"the {KEY_HEADER} is not valid here")
+
+    return read, write
 
 
 class ScoredItem(BaseModel):
@@ -113,7 +219,17 @@ def _schemas(settings: Settings) -> dict[str, type[BaseModel]]:
     """Request models with this deployment's limits in them (and so in the OpenAPI file)."""
     s = settings.serve
     Text = Annotated[str, StringConstraints(min_length=1, max_length=s.max_query_chars)]
+    floor = datetime.fromisoformat(s.event_floor)
+    floor = floor if floor.tzinfo else floor.replace(tzinfo=UTC)
+    skew = timedelta(seconds=s.event_future_seconds)
     fields = list(s.profile_fields)
+
+    ProfileValue = Annotated[str, StringConstraints(max_length=s.max_query_chars)] | Number
+    Profile = create_model(
+        "Profile",
+        __base__=_Strict,
+        **{name: (ProfileValue | None, Field(None)) for name in fields},
+    )
 
     class RecommendRequest(_Strict):
         user_id: UserId | None = Field(None, description="Known user: history is used.")
@@ -123,31 +239,19 @@ def _schemas(settings: Settings) -> dict[str, type[BaseModel]]:
             description="Recent item ids, oldest first, appended to the user's history.",
         )
         query: Text | None = Field(None, description="Free text, blended into the ranking.")
-        profile: dict[str, str | int | float] | None = Field(
+        profile: Profile | None = Field(  # type: ignore[valid-type]
             None,
             description=f"Profile fields ({', '.join(fields)}) for a user with no history.",
         )
         exclude: list[ItemId] = Field(default_factory=list, max_length=s.max_exclude_items)
-        k: int = Field(20, ge=1, le=s.max_k, description="How many items.")
-        tail_strength: float | None = Field(
-            None, ge=0.0, le=1.0, description="Tail-exposure knob; None = the served default."
+        # Bounds inside the type, so the OpenAPI description carries them on the number.
+        k: _number(int, ge=1, le=s.max_k) = Field(20, description="How many items.")
+        tail_strength: _number(ge=0.0, le=1.0) | None = Field(
+            None, description="Tail-exposure knob; None = the served default."
         )
-        query_weight: float | None = Field(
-            None, ge=0.0, le=100.0, description="Weight of the query; None = the default."
+        query_weight: _number(ge=0.0, le=100.0) | None = Field(
+            None, description="Weight of the query; None = the default."
         )
-
-        @field_validator("profile")
-        @classmethod
-        def _known_fields(cls, value: dict | None) -> dict | None:
-            if value is None:
-                return None
-            unknown = sorted(set(value) - set(fields))
-            if unknown:
-                raise ValueError(f"unknown profile fields {unknown}; this service reads {fields}")
-            for name, v in value.items():
-                if len(str(v)) > s.max_query_chars:
-                    raise ValueError(f"profile field {name!r} is longer than {s.max_query_chars}")
-            return value
 
     class NewItem(_Strict):
         item_id: ItemId
@@ -164,30 +268,44 @@ def _schemas(settings: Settings) -> dict[str, type[BaseModel]]:
     class ItemsRequest(_Strict):
         items: list[NewItem] = Field(min_length=1, max_length=s.max_items_per_request)
 
-    class Event(_Strict):
+    class _Event(_Strict):
         user_id: UserId
         item_id: ItemId
-        kind: Literal["view", "click", "rating"]
-        value: float | None = Field(
-            None, ge=0.0, le=1000.0, description="The rating (required for kind=rating)."
+        timestamp: datetime | None = Field(
+            None,
+            description=f"When; default: received time. Not before {s.event_floor}, not more "
+            f"than {s.event_future_seconds:g} s ahead of the service's clock (else 422).",
         )
-        timestamp: datetime | None = Field(None, description="When; default: received time.")
 
         @field_validator("timestamp")
         @classmethod
-        def _aware(cls, value: datetime | None) -> datetime | None:
-            if value is not None and value.tzinfo is None:
-                return value.replace(tzinfo=UTC)
+        def _aware_and_bounded(cls, value: datetime | None) -> datetime | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            if value < floor:
+                raise ValueError(f"timestamp {value.isoformat()} is before {floor.isoformat()}")
+            if value > datetime.now(UTC) + skew:
+                raise ValueError(
+                    f"timestamp {value.isoformat()} is more than "
+                    f"{s.event_future_seconds:g} s in the future"
+                )
             return value
 
-        @model_validator(mode="after")
-        def _rating_has_value(self):
-            if self.kind == "rating" and self.value is None:
-                raise ValueError("a rating event needs a value")
-            return self
+    class Seen(_Event):
+        kind: Literal["view", "click"]
+
+    class Rating(_Event):
+        kind: Literal["rating"]
+        value: _number(ge=0.0, le=1000.0) = Field(description="The rating.")
+
+    Event = Annotated[Seen | Rating, Field(discriminator="kind")]
 
     class EventsRequest(_Strict):
-        events: list[Event] = Field(min_length=1, max_length=s.max_events_per_request)
+        events: list[Event] = Field(  # type: ignore[valid-type]
+            min_length=1, max_length=s.max_events_per_request
+        )
 
     return {
         "RecommendRequest": RecommendRequest,
@@ -197,31 +315,80 @@ def _schemas(settings: Settings) -> dict[str, type[BaseModel]]:
 
 
 class _BodyLimit:
-    """413 for a declared body over the limit, before anything reads it."""
+    """413 for a body over the limit: a declared size before anything reads it, a chunked one
+    (no Content-Length) as soon as it has sent more than the limit."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _refusal(self, what: str, status: int = 413) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"request body of {what}; the limit is {self.max_bytes} bytes"},
+            status_code=status,
+        )
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", []):
-                if name == b"content-length":
-                    try:
-                        size = int(value)
-                    except ValueError:
-                        size = -1
-                    if size < 0 or size > self.max_bytes:
-                        response = JSONResponse(
-                            {
-                                "detail": f"request body of {value.decode()} bytes; the limit is "
-                                f"{self.max_bytes}"
-                            },
-                            status_code=413 if size > 0 else 400,
-                        )
-                        await response(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = None
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await self._refusal(f"{value.decode(errors='replace')!r} bytes", 400)(
+                        scope, receive, send
+                    )
+                    return
+                if declared > self.max_bytes:
+                    await self._refusal(f"{declared} bytes")(scope, receive, send)
+                    return
+        if declared is not None or scope.get("method") in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        # No declared size: read the body here, up to the limit, then hand it on.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._refusal(f"more than {self.max_bytes} bytes (chunked)")(
+                    scope, receive, send
+                )
+                return
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
+
+
+def _replay(messages: list[dict], then=None):
+    """An ASGI receive that yields `messages`, then defers to `then` (disconnects)."""
+    pending = list(messages)
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def _profile_of(profile: BaseModel | None) -> dict[str, str] | None:
+    """The fields a request set, as text (what the profile encoder reads)."""
+    if profile is None:
+        return None
+    given = {k: str(v) for k, v in profile.model_dump(exclude_none=True).items()}
+    return given or None
 
 
 def _settle_heap() -> None:
@@ -244,6 +411,18 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
     ItemsRequest = schemas["ItemsRequest"]
     EventsRequest = schemas["EventsRequest"]
     reload_lock = asyncio.Lock()
+    check_read, check_write = key_checks(settings)
+    # Reads declare a key (and its 401/403) only when this deployment asks for one.
+    reads: dict[str, Any] = {"dependencies": [], "responses": {**SERVING_RESPONSES}}
+    if settings.serve.read_keys:
+        reads = {
+            "dependencies": [Depends(check_read)],
+            "responses": {**AUTH_RESPONSES, **SERVING_RESPONSES},
+        }
+    writes = {
+        "dependencies": [Depends(check_write)],
+        "responses": {**AUTH_RESPONSES, **SERVING_RESPONSES, **BODY_RESPONSES},
+    }
 
     async def reload_once() -> bool:
         async with reload_lock:
@@ -304,9 +483,17 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
     async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
+    @app.exception_handler(LiveItemsFullError)
+    async def _full(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(EncoderBusyError)
+    async def _busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
     @app.exception_handler(NoTextSpaceError)
     async def _no_text(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -320,7 +507,12 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         body = ReadyResponse(**r.__dict__)
         return JSONResponse(body.model_dump(), status_code=200 if r.ready else 503)
 
-    @app.get("/users/{user_id}/recommendations", response_model=StoredResponse)
+    @app.get(
+        "/users/{user_id}/recommendations",
+        response_model=StoredResponse,
+        dependencies=reads["dependencies"],
+        responses={**reads["responses"], 404: {"model": ErrorResponse}},
+    )
     async def stored(
         user_id: Annotated[str, Path(min_length=1, max_length=200)],
         k: Annotated[int, Query(ge=1, le=settings.serve.max_k)] = 20,
@@ -340,7 +532,12 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             items=[StoredItem(**r) for r in rows],
         )
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        dependencies=reads["dependencies"],
+        responses={**reads["responses"], **BODY_RESPONSES, **TEXT_RESPONSES},
+    )
     async def recommend(body: RecommendRequest):  # type: ignore[valid-type]
         """Live recommendations: history + session through the model, blended with query or
         profile text; excluded and already-seen items removed; a reason per item."""
@@ -349,7 +546,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             user_id=body.user_id,
             session=body.session,
             query=body.query,
-            profile={k: str(v) for k, v in body.profile.items()} if body.profile else None,
+            profile=_profile_of(body.profile),
             exclude=body.exclude,
             k=body.k,
             strength=body.tail_strength,
@@ -371,29 +568,44 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             items=[ScoredItem(**s.__dict__) for s in result.items],
         )
 
-    @app.post("/items", response_model=ItemsResponse)
+    @app.post(
+        "/items",
+        response_model=ItemsResponse,
+        dependencies=writes["dependencies"],
+        responses={**writes["responses"], **TEXT_RESPONSES},
+    )
     async def upsert_items(body: ItemsRequest):  # type: ignore[valid-type]
         """Add or update items: embedded, logged for the next nightly run, searchable now."""
         svc = serving()
-        seen: set[str] = set()
-        for item in body.items:
-            if item.item_id in seen:
-                raise HTTPException(422, f"item {item.item_id!r} appears twice in the request")
-            seen.add(item.item_id)
-        items = [LiveItem(i.item_id, i.text, i.label or i.item_id) for i in body.items]
+        # An id given twice is updated twice: the last text wins, as in the live log.
+        last = {i.item_id: i for i in body.items}
+        items = [LiveItem(i.item_id, i.text, i.label or i.item_id) for i in last.values()]
         vectors = await asyncio.wrap_future(svc.texts.submit([i.text for i in items]))
         inserted, updated = svc.upsert_items(items, vectors)
         return ItemsResponse(model_version=svc.model.version, inserted=inserted, updated=updated)
 
-    @app.get("/items/{item_id}")
+    @app.get(
+        "/items/{item_id}",
+        response_model=ItemResponse,
+        dependencies=reads["dependencies"],
+        responses={**reads["responses"], 404: {"model": ErrorResponse}},
+    )
     async def get_item(item_id: Annotated[str, Path(min_length=1, max_length=200)]):
         """One item as served."""
         found = serving().item(item_id)
         if found is None:
             raise HTTPException(404, f"unknown item id {item_id!r}")
-        return found
+        return ItemResponse(**found)
 
-    @app.post("/events", response_model=EventsResponse)
+    @app.post(
+        "/events",
+        response_model=EventsResponse,
+        dependencies=writes["dependencies"],
+        responses={
+            **writes["responses"],
+            404: {"model": ErrorResponse, "description": "Events name items not in the catalogue."},
+        },
+    )
     async def add_events(body: EventsRequest):  # type: ignore[valid-type]
         """Feedback: appended durably to the live log, applied to the user's session now."""
         svc = serving()
@@ -403,18 +615,27 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
                 e.user_id,
                 e.item_id,
                 e.kind,
-                float(e.value) if e.value is not None else 1.0,
+                float(e.value) if e.kind == "rating" else 1.0,
                 e.timestamp or now,
             )
             for e in body.events
         ]
         try:
-            accepted = svc.add_events(events)
+            svc.check_events(events)
         except UnknownItemsError as e:
-            raise HTTPException(422, {"message": str(e), "unknown_items": e.items}) from e
+            raise HTTPException(404, {"message": str(e), "unknown_items": e.items}) from e
+        # The durable commit (an fsync) in a worker thread: other requests run meanwhile;
+        # the events reach the in-memory history once they are in the log.
+        await run_in_threadpool(svc.live_log.append_events, events)
+        accepted = svc.apply_events(events)
         return EventsResponse(accepted=accepted)
 
-    @app.post("/admin/reload", response_model=ReloadResponse)
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResponse,
+        dependencies=writes["dependencies"],
+        responses={**AUTH_RESPONSES, 409: {"model": ErrorResponse}},
+    )
     async def admin_reload():
         """Check the champion alias now instead of waiting for the next poll."""
         try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tailor.ranking.explain import POPULAR_REASON, reasons_for
+from tailor.ranking.explain import POPULAR_REASON, PROFILE_REASON, reasons_for
 from tailor.serving.live import LiveModel
 from tailor.serving.state import LiveState, profile_text
 
@@ -112,7 +112,8 @@ def recommend(
         positions, scores = ranked.row(0)
     fallback = POPULAR_REASON
     if profile_label:
-        fallback = f"liked by people like you ({profile_label})"
+        # Never the profile's values: a response must not echo what is stored about a user.
+        fallback = PROFILE_REASON
     reasons = reasons_for(
         model,
         positions,

@@ -32,6 +32,10 @@ from tailor.tracking.runs import client_for
 log = logging.getLogger(__name__)
 
 
+class LiveItemsFullError(RuntimeError):
+    """No room for more live items until the next training run."""
+
+
 class UnknownItemsError(ValueError):
     """Item ids the served catalogue does not have; nothing was applied."""
 
@@ -90,6 +94,7 @@ class Service:
             backend=serve.encoder_backend,
             cache_dir=self.settings.cache_dir,
             threads=serve.torch_threads,
+            max_pending=serve.encoder_queue_texts,
         )
         if has_text_space(bundle):
             check_encoder(texts, bundle)
@@ -108,6 +113,7 @@ class Service:
             backend=serve.encoder_backend,
             cache_dir=self.settings.cache_dir,
             threads=serve.torch_threads,
+            max_pending=serve.encoder_queue_texts,
         )
 
     def load(self) -> None:
@@ -189,8 +195,21 @@ class Service:
     def upsert_items(
         self, items: Sequence[LiveItem], vectors: np.ndarray
     ) -> tuple[list[str], list[str]]:
-        """Persist first, then serve: an item answered as inserted survives a restart."""
+        """Persist first, then serve: an item answered as inserted survives a restart.
+
+        New ids beyond `serve.max_live_items` since the model was trained are refused
+        (`LiveItemsFullError`): the live index and model grow with every one until the next
+        nightly run folds them into the catalogue."""
         assert self.model is not None and self.state is not None
+        fresh = {i.item_id for i in items if i.item_id not in self.model.position}
+        cap = self.settings.serve.max_live_items
+        held = int(self.model.new.sum())
+        if fresh and held + len(fresh) > cap:
+            raise LiveItemsFullError(
+                f"{held} items were added since this model was trained and "
+                f"serve.max_live_items is {cap}: {len(fresh)} more cannot be added until the "
+                "next training run"
+            )
         self.live_log.upsert_items(items)
         rows = [(i.item_id, i.text, i.label) for i in items]
         inserted, updated = self.model.upsert_items(rows, vectors)
@@ -201,11 +220,19 @@ class Service:
 
     def add_events(self, events: Sequence[LiveEvent]) -> int:
         """Validate, persist, then apply to each user's history (their session) at once."""
+        self.check_events(events)
+        self.live_log.append_events(events)
+        return self.apply_events(events)
+
+    def check_events(self, events: Sequence[LiveEvent]) -> None:
         assert self.model is not None and self.state is not None
         unknown = sorted({e.item_id for e in events if e.item_id not in self.model.position})
         if unknown:
             raise UnknownItemsError(unknown)
-        self.live_log.append_events(events)
+
+    def apply_events(self, events: Sequence[LiveEvent]) -> int:
+        """The in-memory half of `add_events`, once the log holds them."""
+        assert self.state is not None
         for e in sorted(events, key=lambda e: e.timestamp):
             self.state.add_event(e.user_id, e.item_id, e.weight)
         return len(events)

@@ -12,6 +12,7 @@ import polars as pl
 
 from tailor import columns as C
 from tailor.data.load import load_clean
+from tailor.data.privacy import pseudonym_key, pseudonymise, public_quarantine
 from tailor.data.protocol import Histories, build_histories, choose_cold_items, event_histories
 from tailor.data.split import SEQ, positive_flags, split_leave_one_out
 from tailor.settings import Settings
@@ -38,6 +39,8 @@ class PreparedData:
     positive_threshold: float | None = None  # the resolved data.positive_min_weight
     n_positives: int = 0
     exam: str = ""  # the fingerprint plus every setting that decides the test cases' scores
+    # What MLflow gets of the quarantine: pseudonymised ids, no profile fields (unless opted in).
+    public_quarantine: Path | None = None
 
     def record(self) -> Record:
         metrics = {
@@ -50,7 +53,8 @@ class PreparedData:
             for reason, count in (report.get("rejected") or {}).items():
                 metrics[f"quarantined.{source}.{reason.replace(' ', '_')}"] = count
         folder = Path(self.quarantine).parent
-        artifacts = [(folder / "cleaning_report.json", "cleaning"), (self.quarantine, "cleaning")]
+        logged = self.public_quarantine or self.quarantine
+        artifacts = [(folder / "cleaning_report.json", "cleaning"), (logged, "cleaning")]
         tags = {
             "data_fingerprint": self.fingerprint,
             "data_start": self.data_start,
@@ -88,6 +92,13 @@ def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) 
     split.write_parquet(paths["interactions"])
     clean.items.write_parquet(paths["items"])
     clean.quarantine.write_parquet(paths["quarantine"])
+    public = paths["quarantine"]
+    if not settings.tracking.log_personal_data:
+        public = out_dir / "public" / "quarantine.parquet"
+        public.parent.mkdir(exist_ok=True)
+        users_source = (clean.report.get("users") or {}).get("file")
+        redacted = public_quarantine(clean.quarantine, pseudonym_key_of(settings), users_source)
+        redacted.write_parquet(public)
     users_path = None
     if clean.users is not None:
         users_path = out_dir / "users.parquet"
@@ -112,7 +123,22 @@ def prepare_data(settings: Settings, out_dir: Path, hold_out_cold: bool = True) 
         data_end=times.max().isoformat(),
         positive_threshold=threshold,
         n_positives=int(split[C.POSITIVE].sum() + cold_events[C.POSITIVE].sum()),
+        public_quarantine=public,
     )
+
+
+def pseudonym_key_of(settings: Settings) -> bytes:
+    configured = settings.tracking.pseudonym_key
+    secret = configured.get_secret_value() if configured is not None else None
+    return pseudonym_key(secret, settings.cache_dir)
+
+
+def pseudonyms_for(settings: Settings):
+    """ids -> what an artifact may show of them: pseudonyms, or the ids when opted in."""
+    if settings.tracking.log_personal_data:
+        return lambda ids: [str(i) for i in ids]
+    key = pseudonym_key_of(settings)
+    return lambda ids: pseudonymise(ids, key)
 
 
 def exam_key(fingerprint: str, settings: Settings, cold_item_share: float) -> str:

@@ -15,13 +15,14 @@ from tailor.evaluation.ablation import ablate, ablation_markdown
 from tailor.evaluation.cold_start import evaluate_cold_start as measure_cold_start
 from tailor.evaluation.compare import SEQUENTIAL, Exam, Trial
 from tailor.evaluation.compare import evaluate_models as compare_models
+from tailor.evaluation.draws import Draw, cold_summary, draws_markdown, new_user_summary, run_draw
 from tailor.evaluation.metrics import exposure
 from tailor.evaluation.plots import plot_long_tail, plot_tradeoff
 from tailor.evaluation.report import evaluation_markdown, write_sample
 from tailor.evaluation.significance import bootstrap_claims
 from tailor.models.sequential import load_recommender
 from tailor.settings import Settings
-from tailor.stages.data import PreparedData, load_histories
+from tailor.stages.data import PreparedData, all_interactions, load_histories, pseudonyms_for
 from tailor.stages.train import Trained
 from tailor.tracking.record import Child, Record
 
@@ -133,6 +134,7 @@ def evaluate_models(
             settings.rerank,
             settings.index,
             settings.seed,
+            tuned_vectors=None if frozen is not None else tuned_item_vectors(prepared, settings),
         )
     ablation_seconds = time.perf_counter() - started if rows else 0.0
     table = out_dir / "evaluation.md"
@@ -162,7 +164,11 @@ def evaluate_models(
     )
     labels = pl.read_parquet(prepared.items, columns=[C.LABEL])[C.LABEL].to_list()
     sample = write_sample(
-        labels, exam, comparison.test_tops[SEQUENTIAL], out_dir / "sample_recommendations.csv"
+        labels,
+        exam,
+        comparison.test_tops[SEQUENTIAL],
+        out_dir / "sample_recommendations.csv",
+        show_ids=pseudonyms_for(settings),
     )
     return Evaluation(
         metrics=comparison.metrics,
@@ -177,6 +183,19 @@ def evaluate_models(
         ablation={row.name: row.metrics for row in rows},
         ablation_seconds=ablation_seconds,
     )
+
+
+def tuned_item_vectors(prepared: PreparedData, settings: Settings) -> np.ndarray:
+    """Item vectors from the encoder tuned on this run's training positives (the ablation's
+    encoder-tuning row), whatever `embed.tuning.enabled` says."""
+    from tailor.stages.embed import embed_items, tune_encoder
+
+    tuning = settings.embed.tuning.model_copy(update={"enabled": True})
+    wanted = settings.model_copy(
+        update={"embed": settings.embed.model_copy(update={"tuning": tuning})}
+    )
+    tuned = tune_encoder(prepared, wanted, progress=False)
+    return np.load(embed_items(prepared.items, tuned, progress=False).vectors)
 
 
 @dataclass(frozen=True)
@@ -203,3 +222,81 @@ def evaluate_cold_start(
     table = out_dir / "cold_start.md"
     table.write_text(text)
     return ColdStart(metrics=metrics, table=table)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Cold items and new users over several draws (`tailor.evaluation.draws`)."""
+
+    cold: list[dict[str, Any]]  # per draw, then pooled
+    new_users: list[dict[str, Any]]  # (events, ranking) rows, pooled
+    table: Path
+    seconds: float
+
+    def record(self) -> Record:
+        metrics: dict[str, float] = {"draws.seconds": self.seconds}
+        for i, row in enumerate(self.cold):
+            name = "pooled" if row["draw"].startswith("pooled") else f"draw_{i}"
+            for key in ("tailor-seq", "low", "high", "text-cosine", "gain_low", "top_two_share"):
+                if key in row:
+                    slug = key.replace("-", "_")
+                    metrics[f"draws.cold.{name}.{slug}"] = float(row[key])
+        for row in self.new_users:
+            if "gain" not in row:
+                continue
+            slug = row["ranking"].replace(" + ", "_and_").replace(" ", "_")
+            for key in ("recall", "gain", "low", "high"):
+                metrics[f"draws.new_user.{row['events']}_events.{slug}.{key}"] = row[key]
+        return Record(metrics=metrics, artifacts=[(self.table, "evaluation")])
+
+
+def evaluate_draws(
+    prepared: PreparedData,
+    vectors_path: Path,
+    evaluation: Evaluation,
+    trained: Trained,
+    settings: Settings,
+    out_dir: Path,
+    progress: bool = True,
+) -> Draws:
+    """`eval.draws` draws of held-out items and users, each trained by the production recipe
+    for the epochs the evaluation fit chose; text-cosine keeps the parameters it was chosen
+    with on validation. `settings.embed` must name the encoder the vectors came from."""
+    from tqdm.auto import tqdm
+
+    from tailor.serving.encoder import TextVectors
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    events = all_interactions(prepared)
+    items = pl.read_parquet(prepared.items)
+    users = pl.read_parquet(prepared.users) if prepared.users is not None else None
+    text_vectors = np.load(vectors_path)
+    texts = TextVectors(settings.embed, cache_size=0, cache_dir=settings.cache_dir)
+    started = time.perf_counter()
+    draws: list[Draw] = []
+    seeds = [settings.seed + d for d in range(settings.eval.draws)]
+    for seed in tqdm(seeds, desc="draws", unit="draw", disable=not progress):
+        draws.append(
+            run_draw(
+                events,
+                items,
+                users,
+                text_vectors,
+                settings,
+                seed,
+                trained.best_epoch,
+                texts.encode,
+                evaluation.params,
+            )
+        )
+    s = settings.eval
+    n, seed = s.bootstrap_resamples, settings.seed
+    table = out_dir / "draws.md"
+    table.write_text(draws_markdown(draws, max(s.ks), n, seed))
+    return Draws(
+        cold=cold_summary(draws, n, seed),
+        new_users=new_user_summary(draws, n, seed),
+        table=table,
+        seconds=time.perf_counter() - started,
+    )

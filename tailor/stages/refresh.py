@@ -16,7 +16,7 @@ from tailor.ranking.tail import head_mask
 from tailor.serving.batch import add_new_items, bundle_policy, compute_recommendations
 from tailor.serving.store import BatchInfo, RecommendationStore
 from tailor.settings import Settings
-from tailor.stages.data import PreparedData, all_interactions
+from tailor.stages.data import PreparedData, all_interactions, pseudonyms_for
 from tailor.tracking.record import Record
 from tailor.tracking.registry import load_bundle
 
@@ -59,7 +59,9 @@ def refresh_recommendations(
         batch_users=settings.refresh.batch_users,
         progress=True,
     )
-    summary = summarize_recommendations(recs, bundle, settings.eval.head_share, out_dir)
+    summary = summarize_recommendations(
+        recs, bundle, settings.eval.head_share, out_dir, show_ids=pseudonyms_for(settings)
+    )
     summary["items_added"] = float(added)
     store = RecommendationStore(settings.store_url)
     try:
@@ -79,9 +81,10 @@ def refresh_recommendations(
 
 
 def summarize_recommendations(
-    recs: pl.DataFrame, bundle: Bundle, head_share: float, out_dir: Path
+    recs: pl.DataFrame, bundle: Bundle, head_share: float, out_dir: Path, show_ids=None
 ) -> dict[str, float]:
-    """Coverage and tail share of what was published, plus the long-tail plot and a sample."""
+    """Coverage and tail share of what was published, plus the long-tail plot and a sample
+    (user ids through `show_ids`: pseudonyms unless personal data is opted in)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     popularity = bundle.items[POPULARITY].to_numpy()
@@ -96,9 +99,11 @@ def summarize_recommendations(
         title="Train popularity and exposure in the published recommendations",
     )
     sample_users = recs[C.USER_ID].unique(maintain_order=True).head(25)
-    recs.filter(pl.col(C.USER_ID).is_in(sample_users.implode())).write_csv(
-        out_dir / "sample_recommendations.csv"
-    )
+    sample = recs.filter(pl.col(C.USER_ID).is_in(sample_users.implode()))
+    if show_ids is not None:
+        shown = pl.Series(C.USER_ID, show_ids(sample[C.USER_ID].to_list()), dtype=pl.Utf8)
+        sample = sample.with_columns(shown)
+    sample.write_csv(out_dir / "sample_recommendations.csv")
     n = max(len(positions), 1)
     return {
         "users": float(recs[C.USER_ID].n_unique()),

@@ -68,7 +68,7 @@ def bundle_model(
         text_vectors,
         load_recommender(model_dir, text_vectors, device="cpu"),
         load_index(index_path),
-        settings.model_dump_json(indent=2),
+        settings.public_json(),  # no keys, no passwords: a bundle is an artifact anyone may read
         lineage=lineage,
     )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tailor.evaluation.compare import Exam
-from tailor.models.sequential import EnsembleRecommender, SeqRecommender, fit_recipe
+from tailor.models.sequential import fit_members, fit_recipe
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
@@ -146,15 +146,9 @@ def train_production(
     evaluated_two = settings.train.refit and settings.train.ensemble
     ensemble = evaluated_two and trained.model_dir != trained.valid_model_dir
     seeds = [settings.seed, settings.seed + 1] if ensemble else [settings.seed]
-    members, losses, seconds = [], [], 0.0
-    for seed in seeds:
-        member = SeqRecommender(text_vectors, s, seed=seed)
-        report = member.fit(histories, seed=seed, progress=progress, liked=liked)
-        members.append(member)
-        losses.append(report.losses)
-        seconds += report.seconds
+    model, losses, seconds = fit_members(text_vectors, s, seeds, histories, liked, progress)
     model_dir = Path(out_dir) / "model"
-    (EnsembleRecommender(members) if len(members) > 1 else members[0]).save(model_dir)
+    model.save(model_dir)
     positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
     return ProductionFit(
         model_dir=model_dir,

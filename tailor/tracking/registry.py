@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,13 @@ import mlflow
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
-from tailor.models.bundle import Bundle
+from tailor.models.bundle import (
+    DIGEST_TAG,
+    Bundle,
+    BundleIntegrityError,
+    bundle_digest,
+    verify_bundle,
+)
 from tailor.tracking.pyfunc import TailorModel
 from tailor.tracking.record import Record
 from tailor.tracking.runs import client_for
@@ -128,7 +136,9 @@ def champion(client, model_name: str, alias: str):
 def register_bundle(
     client, run_id: str, bundle_dir: Path, model_name: str, tags: dict[str, str]
 ) -> str:
-    """Log the bundle as a pyfunc model of `run_id`, register it, tag it; returns the version."""
+    """Log the bundle as a pyfunc model of `run_id`, register it, tag it (with the digest of
+    its checksums, which loading verifies); returns the version."""
+    tags = {**tags, DIGEST_TAG: bundle_digest(bundle_dir)}
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         info = _log(model_name, bundle_dir, TailorModel())
@@ -156,11 +166,28 @@ def _log(model_name: str, bundle_dir: Path, python_model):
     )
 
 
-def load_bundle(tracking_uri: str, model_name: str, version: str) -> Bundle:
-    """Load a registered version's bundle (through the pyfunc, so any store works)."""
-    client_for(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    return model.unwrap_python_model().bundle
+def load_bundle(tracking_uri: str, model_name: str, version: str, device: str = "cpu") -> Bundle:
+    """A registered version's bundle, built from its files after checking them against the
+    checksums recorded at registration. The pyfunc wrapper is never loaded: unpickling it
+    would run whatever code the registry holds (the pyfunc is there for MLflow users)."""
+    client = client_for(tracking_uri)
+    mv = client.get_model_version(model_name, str(version))
+    expected = (mv.tags or {}).get(DIGEST_TAG)
+    if not expected:
+        raise BundleIntegrityError(
+            f"model {model_name!r} version {version} has no {DIGEST_TAG} tag (registered "
+            "before bundles carried checksums): register it again to serve it"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="tailor-bundle-"))
+    try:
+        downloaded = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{version}", dst_path=str(folder)
+        )
+        bundle_dir = Path(downloaded) / "artifacts" / "bundle"
+        verify_bundle(bundle_dir, expected)
+        return Bundle(bundle_dir, device=device)  # reads every file into memory
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def resolve_version(client, model_name: str, alias: str, version: str | None) -> str:
