@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -79,6 +80,10 @@ WORDS = [
 # ---------------------------------------------------------------- a minimal HTTP/1.1 client
 
 
+# A key made for this run only: the item-insert scenario writes.
+KEY = secrets.token_hex(16)
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection; a few microseconds of client work per request,
     so the client does not eat the CPU the server is measured on."""
@@ -96,6 +101,8 @@ class Connection:
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         assert self.reader is not None and self.writer is not None
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if method == "POST":  # writes need the key; sending it on every POST costs nothing
+            head += f"X-API-Key: {KEY}\r\n"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + (body or b""))
@@ -202,6 +209,7 @@ def start_server(workdir: Path, port: int, live_db: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env["TAILOR_SERVE__LIVE_URL"] = f"sqlite:///{live_db}"
     env["TAILOR_SERVE__POLL_SECONDS"] = "0"
+    env["TAILOR_SERVE__WRITE_KEYS"] = json.dumps([KEY])  # the item-insert scenario writes
     cmd = [sys.executable, "-m", "tailor.cli", "serve", "--workdir", str(workdir)]
     cmd += ["--port", str(port)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

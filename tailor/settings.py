@@ -151,7 +151,10 @@ class IndexSettings(_Section):
     """The faiss index over item vectors."""
 
     kind: Literal["auto", "flat", "hnsw", "ivf"] = Field(
-        "auto", description="auto = exact (flat) up to exact_max_items, HNSW above."
+        "auto",
+        description="The index the evaluation, the gate and the nightly refresh search: auto = "
+        "exact (flat) up to exact_max_items, HNSW above. The live service always searches "
+        "exactly (it updates rows in place as items arrive).",
     )
     exact_max_items: int = Field(50_000, ge=1, description="Largest catalogue searched exactly.")
     hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
@@ -272,7 +275,11 @@ class SearchSettings(_Section):
 class EvalSettings(_Section):
     """The evaluation protocol (docs/ARCHITECTURE.md): temporal leave-one-out, full ranking."""
 
-    ks: list[int] = Field([10, 20], description="Cut-offs for ranking metrics.")
+    ks: list[int] = Field(
+        [10, 20],
+        description="Cut-offs for ranking metrics; must include 10 and 20, which the claims, "
+        "the gate's default metric and the tables use (more may be added).",
+    )
     head_share: float = Field(
         0.2, gt=0, lt=1, description="Share of most popular train items that counts as head."
     )
@@ -338,6 +345,11 @@ class EvalSettings(_Section):
     def _ks_positive(self) -> EvalSettings:
         if not self.ks or min(self.ks) < 1:
             raise ValueError("eval.ks must be a non-empty list of positive integers")
+        if not {10, 20} <= set(self.ks):
+            raise ValueError(
+                f"eval.ks {self.ks} must include 10 and 20: the claims (NDCG@10, "
+                "tail-recall@20) and the tables read them"
+            )
         if not self.new_user_events or min(self.new_user_events) < 0:
             raise ValueError("eval.new_user_events must be a non-empty list of counts >= 0")
         return self
@@ -458,6 +470,13 @@ class ServeSettings(_Section):
     )
     torch_threads: int = Field(
         1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."
+    )
+    max_live_users: int = Field(
+        100_000,
+        ge=0,
+        description="Users first seen live (not in the data) whose histories stay in memory; "
+        "the least recently used beyond this are dropped and rebuilt from the live log when "
+        "they return (0 = no bound).",
     )
     max_live_items: int = Field(
         100_000,

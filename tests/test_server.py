@@ -456,3 +456,44 @@ def test_live_items_are_capped_with_a_clear_error(settings_for):
         # Changing an item already held is not growth.
         again = {"items": [{"item_id": "cap-1", "text": "First Live Item, reworded"}]}
         assert c.post("/items", json=again).json()["updated"] == ["cap-1"]
+
+
+def test_live_users_beyond_the_bound_are_evicted_and_rebuilt_from_the_log(settings_for):
+    settings = settings_for(max_live_users=2)
+    items = load_clean(settings).items["item_id"].to_list()
+    with TestClient(create_app(settings), headers=AUTH) as c:
+        _wait_ready(c)
+        state = c.app.state.service.state
+
+        def post(user, item):
+            event = {"user_id": user, "item_id": item, "kind": "view"}
+            assert c.post("/events", json={"events": [event]}).status_code == 200
+
+        post("lru-a", items[0])
+        post("lru-a", items[1])
+        post("lru-b", items[2])
+        post("lru-c", items[3])  # a third live user: the least recently used (a) goes
+        assert "lru-a" not in state.histories and state.evicted == 1
+        assert set(state.live_users) == {"lru-b", "lru-c"}
+        # Back on a request: rebuilt from the live log, both events, in order.
+        r = c.post("/recommend", json={"user_id": "lru-a", "k": 3}).json()
+        assert r["basis"] == ["history"]
+        assert state.histories["lru-a"] == [items[0], items[1]]
+        assert not {i["item_id"] for i in r["items"]} & {items[0], items[1]}
+        # b was evicted by a's return; a new event of b restores b whole, once.
+        assert "lru-b" not in state.histories
+        post("lru-b", items[4])
+        assert state.histories["lru-b"] == [items[2], items[4]]
+        assert len(state.live_users) == 2
+
+
+def test_a_full_encoder_queue_is_a_503_with_retry_after(settings_for):
+    with TestClient(create_app(settings_for(encoder_queue_texts=2)), headers=AUTH) as c:
+        _wait_ready(c)
+        queries = c.app.state.service.queries
+        queries._pending = 2  # injected: two texts already waiting for the encoder
+        r = c.post("/recommend", json={"query": "anything new", "k": 3})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "retry shortly" in r.json()["detail"]
+        queries._pending = 0
+        assert c.post("/recommend", json={"query": "anything new", "k": 3}).status_code == 200

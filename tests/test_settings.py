@@ -30,6 +30,11 @@ def test_bad_values_are_named():
         load_settings(train={"epochs": 0})
     with pytest.raises(ValidationError, match="interactions_path"):
         load_settings(data={"source": "files"})
+    with pytest.raises(ValidationError, match="must include 10 and 20"):
+        load_settings(eval={"ks": [5, 10]})
+    assert load_settings(eval={"ks": [5, 10, 20]}).eval.ks == [5, 10, 20]
+    with pytest.raises(ValidationError, match="event_floor"):
+        load_settings(serve={"event_floor": "last tuesday"})
     with pytest.raises(ValueError, match="unknown preset"):
         load_settings(preset="huge")
     with pytest.raises(FileNotFoundError):

@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -64,6 +65,8 @@ _EVENTS = Table(
     Column(KIND, String(16), nullable=False),
     Column(C.WEIGHT, Float, nullable=False),
     Column(C.TIMESTAMP, DateTime(timezone=True), nullable=False),
+    # One user's events are read back when a user evicted from memory returns.
+    Index("live_events_by_user", C.USER_ID),
 )
 
 
@@ -184,6 +187,18 @@ class LiveLog:
                 for u, i, k, w, t in conn.execute(stmt)
             ]
         return pl.DataFrame(rows, schema=schema, orient="row")
+
+    def events_of(self, user_id: str) -> list[tuple[str, float]]:
+        """One user's events in arrival order: (item_id, weight)."""
+        if not self.exists():
+            return []
+        stmt = (
+            select(_EVENTS.c[C.ITEM_ID], _EVENTS.c[C.WEIGHT])
+            .where(_EVENTS.c[C.USER_ID] == user_id)
+            .order_by(_EVENTS.c.event_id)
+        )
+        with self._errors("read a user's events"), self._get_engine().connect() as conn:
+            return [(item, float(weight)) for item, weight in conn.execute(stmt)]
 
     def dispose(self) -> None:
         with self._lock:

@@ -552,6 +552,9 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             strength=body.tail_strength,
             query_weight=body.query_weight,
         )
+        if body.user_id and svc.state.evicted:
+            # A live user evicted from memory comes back from the log (read off the loop).
+            svc.restore_users(await run_in_threadpool(svc.logged_history, body.user_id))
         # Text goes to the encoder's worker thread; the event loop serves others meanwhile.
         vectors = {}
         if query.query:
@@ -626,8 +629,8 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             raise HTTPException(404, {"message": str(e), "unknown_items": e.items}) from e
         # The durable commit (an fsync) in a worker thread: other requests run meanwhile;
         # the events reach the in-memory history once they are in the log.
-        await run_in_threadpool(svc.live_log.append_events, events)
-        accepted = svc.apply_events(events)
+        restored = await run_in_threadpool(svc.persist_events, events)
+        accepted = svc.apply_events(events, restored)
         return EventsResponse(accepted=accepted)
 
     @app.post(

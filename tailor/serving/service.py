@@ -83,7 +83,8 @@ class Service:
 
     def _texts_for(self, bundle) -> TextVectors:
         embed = EmbedSettings.model_validate(bundle.settings.get("embed", {}))
-        embed = embed.model_copy(update={"device": "auto"})
+        # The model is the bundle's; where it runs is this deployment's choice.
+        embed = embed.model_copy(update={"device": self.settings.embed.device})
 
         if self.texts is not None and self.texts.model_id == encoder_id(embed):
             return self.texts
@@ -190,6 +191,8 @@ class Service:
 
     def recommend(self, query: LiveQuery, vectors: dict[str, np.ndarray]) -> LiveResult:
         assert self.model is not None and self.state is not None
+        if query.user_id:
+            self.state.touch(query.user_id)
         return recommend(self.model, self.state, query, vectors)
 
     def upsert_items(
@@ -221,8 +224,25 @@ class Service:
     def add_events(self, events: Sequence[LiveEvent]) -> int:
         """Validate, persist, then apply to each user's history (their session) at once."""
         self.check_events(events)
+        return self.apply_events(events, self.persist_events(events))
+
+    def persist_events(self, events: Sequence[LiveEvent]) -> dict[str, list[tuple[str, float]]]:
+        """Commit to the live log (worker thread); for users evicted from memory, their whole
+        logged history (the new events included), to restore them with."""
         self.live_log.append_events(events)
-        return self.apply_events(events)
+        return self._evicted_histories({e.user_id for e in events})
+
+    def logged_history(self, user_id: str) -> dict[str, list[tuple[str, float]]]:
+        """{user: logged events} when the user was evicted from memory (worker thread)."""
+        return self._evicted_histories({user_id})
+
+    def _evicted_histories(self, users: set[str]) -> dict[str, list[tuple[str, float]]]:
+        assert self.state is not None
+        if not self.state.evicted:  # nobody evicted yet: a user not in memory is new
+            return {}
+        missing = [u for u in users if u not in self.state.histories]
+        found = {u: self.live_log.events_of(u) for u in missing}
+        return {u: events for u, events in found.items() if events}
 
     def check_events(self, events: Sequence[LiveEvent]) -> None:
         assert self.model is not None and self.state is not None
@@ -230,12 +250,26 @@ class Service:
         if unknown:
             raise UnknownItemsError(unknown)
 
-    def apply_events(self, events: Sequence[LiveEvent]) -> int:
-        """The in-memory half of `add_events`, once the log holds them."""
+    def apply_events(
+        self,
+        events: Sequence[LiveEvent],
+        restored: dict[str, list[tuple[str, float]]] | None = None,
+    ) -> int:
+        """The in-memory half of `add_events`, once the log holds them; users in `restored`
+        come back whole from the log (which already holds these events)."""
         assert self.state is not None
+        restored = restored or {}
+        for user, logged in restored.items():
+            self.state.restore(user, logged)
         for e in sorted(events, key=lambda e: e.timestamp):
-            self.state.add_event(e.user_id, e.item_id, e.weight)
+            if e.user_id not in restored:
+                self.state.add_event(e.user_id, e.item_id, e.weight)
         return len(events)
+
+    def restore_users(self, restored: dict[str, list[tuple[str, float]]]) -> None:
+        assert self.state is not None
+        for user, logged in restored.items():
+            self.state.restore(user, logged)
 
     def precomputed(self, user_id: str, k: int) -> pl.DataFrame:
         return self.store.read(user_id, limit=k)

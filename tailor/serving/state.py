@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,12 +36,38 @@ class LiveState:
     profile_vectors: np.ndarray | None = None  # language-model vectors of their profile texts
     liked: dict[str, list[bool]] = field(default_factory=dict)  # per history event: a positive?
     positive_threshold: float | None = None  # data.positive_min_weight, resolved
+    # Users first seen live (not in the data), least recently used first: at most
+    # `max_live_users` stay in memory; an evicted one is rebuilt from the live log on return.
+    live_users: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    max_live_users: int = 0  # 0 = no bound
+    evicted: int = 0
 
     def add_event(self, user: str, item: str, weight: float) -> None:
         """Append one event to the user's history (live feedback)."""
+        if user not in self.histories:
+            self.live_users[user] = None
         self.histories.setdefault(user, []).append(item)
         threshold = self.positive_threshold
         self.liked.setdefault(user, []).append(threshold is None or weight >= threshold)
+        self.touch(user)
+
+    def touch(self, user: str) -> None:
+        """Mark a live user as just used; evict the least recently used beyond the bound."""
+        if user not in self.live_users:
+            return
+        self.live_users.move_to_end(user)
+        while self.max_live_users and len(self.live_users) > self.max_live_users:
+            gone, _ = self.live_users.popitem(last=False)
+            self.histories.pop(gone, None)
+            self.liked.pop(gone, None)
+            self.evicted += 1
+
+    def restore(self, user: str, events: Sequence[tuple[str, float]]) -> None:
+        """Bring back a live user evicted from memory, from their events in the live log."""
+        if user in self.histories or not events:
+            return
+        for item, weight in events:
+            self.add_event(user, item, weight)
 
     def liked_of(self, user: str | None) -> list[bool]:
         if not user:
@@ -106,6 +133,8 @@ class LiveState:
             histories={u: list(h) for u, h in self.histories.items()},
             liked={u: list(m) for u, m in self.liked.items()},
             positive_threshold=self.positive_threshold,
+            live_users=OrderedDict(self.live_users),
+            max_live_users=self.max_live_users,
             profiles=self.profiles,
             items=dict(self.items),
             profile_users=self.profile_users,
@@ -116,10 +145,12 @@ class LiveState:
 def load_live_state(settings: Settings) -> LiveState:
     """Clean data of the configured source plus the live log, as the nightly run sees it."""
     clean = load_clean(settings)
-    return LiveState.from_frames(
+    state = LiveState.from_frames(
         clean.interactions,
         clean.items,
         clean.users,
         settings.serve.profile_fields,
         settings.data.positive_threshold,
     )
+    state.max_live_users = settings.serve.max_live_users
+    return state
