@@ -91,8 +91,9 @@ def main() -> int:
     stage(
         "build index",
         lambda: index_stage.build_index(
-            trained.model_dir, embedded.vectors, settings.index, settings.seed, out
+            trained.model_dir, embedded.vectors, settings.index, settings.seed, out, prepared
         ),
+        lambda r: f"{r.kind}, recall@{r.depth.k} {r.depth.recall:.3f}",
     )
     evaluation = stage(
         f"evaluate (model + {len(settings.eval.baselines)} searched baselines, valid/test/cold)",
@@ -106,8 +107,13 @@ def main() -> int:
         lambda r: f"{len(r.seeds)} x {r.epochs} epochs on {r.n_events} events",
     )
     production_index = index_stage.build_index(
-        production.model_dir, embedded.vectors, settings.index, settings.seed, out / "production"
-    )
+        production.model_dir,
+        embedded.vectors,
+        settings.index,
+        settings.seed,
+        out / "production",
+        prepared,
+    ).path
     bundle_dir = bundle_model(
         prepared,
         embedded.vectors,

@@ -66,8 +66,10 @@ def train(
             prepared, vectors, trained, settings, out / "evaluation", frozen
         )
         run.log(evaluation)
-        index = build_index(trained.model_dir, vectors, settings.index, settings.seed, out)
-        candidate = bundle_model(prepared, vectors, trained.model_dir, index, encoded, out)
+        index = build_index(
+            trained.model_dir, vectors, settings.index, settings.seed, out, prepared
+        )
+        candidate = bundle_model(prepared, vectors, trained.model_dir, index.path, encoded, out)
         cold_start = evaluate_cold_start(prepared, candidate, settings, out / "cold_start")
         run.log(cold_start)
         draws = None
@@ -80,11 +82,23 @@ def train(
         production = train_production(prepared, vectors, trained, settings, out / "production")
         production_run = run.log(production)[PRODUCTION_RUN]
         index = build_index(
-            production.model_dir, vectors, settings.index, settings.seed, out / "production"
+            production.model_dir,
+            vectors,
+            settings.index,
+            settings.seed,
+            out / "production",
+            prepared,
         )
+        run.log(index)  # the served index: its kind, tuned depth and recall against exact
         lineage = lineage_of(prepared, evaluation, run.run_id, production_run)
         bundle = bundle_model(
-            prepared, vectors, production.model_dir, index, encoded, out / "production", lineage
+            prepared,
+            vectors,
+            production.model_dir,
+            index.path,
+            encoded,
+            out / "production",
+            lineage,
         )
 
         comparison = score_champion(prepared, candidate, evaluation, settings)

@@ -148,20 +148,49 @@ class EmbedSettings(_Section):
 
 
 class IndexSettings(_Section):
-    """The faiss index over item vectors."""
+    """The faiss index over item vectors, chosen by catalogue size, its depth tuned to a recall."""
 
-    kind: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = Field(
         "auto",
         description="The index the evaluation, the gate and the nightly refresh search: auto = "
-        "exact (flat) up to exact_max_items, HNSW above. The live service always searches "
-        "exactly (it updates rows in place as items arrive).",
+        "exact (flat) up to exact_max_items, IVF up to pq_min_items, IVF-PQ with exact "
+        "re-ranking of the shortlist above. The live service always searches exactly (it "
+        "updates rows in place as items arrive).",
+    )
+    factory: str | None = Field(
+        None,
+        description="A faiss index_factory string (e.g. 'IVF4096,PQ32x4fs,RFlat') used instead "
+        "of `kind`; inner product either way.",
     )
     exact_max_items: int = Field(50_000, ge=1, description="Largest catalogue searched exactly.")
+    pq_min_items: int = Field(
+        500_000, ge=1, description="From this many items on, auto compresses vectors (IVF-PQ)."
+    )
+    target_recall: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="Recall@k against exact search that the search depth (nprobe / efSearch) "
+        "is tuned to reach on a sample of real queries; logged to MLflow.",
+    )
+    tune_queries: int = Field(
+        2000, ge=10, description="Sampled users whose vectors tune the search depth."
+    )
+    tune_k: int = Field(
+        200,
+        ge=1,
+        description="The k of the tuned recall@k: the depth the refresh and the evaluation "
+        "search (the re-ranker's rerank.candidates), so the lists chosen from it match exact "
+        "search.",
+    )
     hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
     hnsw_ef_construction: int = Field(200, ge=8, description="HNSW build-time beam width.")
-    hnsw_ef_search: int = Field(128, ge=8, description="HNSW query-time beam width.")
+    hnsw_ef_search: int = Field(128, ge=8, description="HNSW query-time beam width (untuned).")
     ivf_nlist: int | None = Field(None, ge=1, description="IVF lists; None = 4*sqrt(n_items).")
-    ivf_nprobe: int = Field(16, ge=1, description="IVF lists visited per query.")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF lists visited per query (untuned).")
+    train_sample: int = Field(
+        100_000, ge=1000, description="Item vectors the IVF centroids and PQ codebooks learn from."
+    )
 
 
 class TrainSettings(_Section):

@@ -105,6 +105,8 @@ def train_tiny_bundle(settings: Settings, root: Path):
     prepared = prepare_data(settings, root / "data")
     embedded = embed_items(prepared.items, settings, progress=False)
     trained = train_recommender(prepared, embedded.vectors, settings, root, progress=False)
-    index = build_index(trained.model_dir, embedded.vectors, settings.index, settings.seed, root)
-    folder = bundle_model(prepared, embedded.vectors, trained.model_dir, index, settings, root)
+    index = build_index(
+        trained.model_dir, embedded.vectors, settings.index, settings.seed, root, prepared
+    )
+    folder = bundle_model(prepared, embedded.vectors, trained.model_dir, index.path, settings, root)
     return prepared, embedded, trained, folder

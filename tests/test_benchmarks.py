@@ -25,3 +25,30 @@ def test_pipeline_benchmark_prints_its_tables(tmp_path):
     assert stages[0] == "load + clean + split" and any(s.startswith("train") for s in stages)
     assert all(row["seconds"] >= 0 for row in result["stages"])
     assert "tailor-seq" in result["metrics"]
+
+
+def test_scale_benchmark_prints_its_table_and_finds_the_exact_lists(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/scale.py",
+            "--users",
+            "1000,3000",
+            "--items",
+            "60000",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1,000 |")]
+    rows += [line for line in done.stdout.splitlines() if line.startswith("| 3,000 |")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2].startswith("ivf")  # 60,000 items: past the exact limit
+        assert float(cells[-1]) >= 0.95  # tuned to the target: the lists match exact search

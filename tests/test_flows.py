@@ -315,3 +315,16 @@ def test_train_with_a_tuned_encoder_reports_both_text_baselines(workdir):
     # The tuned encoder read the texts, so its vectors differ from the pre-trained ones.
     assert result.metrics["text-cosine"] != result.metrics["text-cosine-tuned"]
     assert result.promoted
+
+
+def test_an_approximate_index_is_tuned_to_its_recall_and_logged(workdir):
+    settings = tiny_settings(
+        workdir, index={"exact_max_items": 10, "target_recall": 0.9, "tune_k": 20}
+    )
+    result = train(settings=settings)
+    run = _client(settings).get_run(result.run_id)
+    assert run.data.tags["index.kind"].startswith("ivf")
+    assert run.data.metrics["index.recall_at_20"] >= 0.9
+    assert run.data.metrics["index.nprobe"] >= 1
+    # The metrics of the run were computed through an index tuned the same way.
+    assert 0.0 < result.metrics["tailor-seq"]["test_recall_at_20"] <= 1.0

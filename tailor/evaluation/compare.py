@@ -18,7 +18,7 @@ import numpy as np
 from tailor.data.protocol import Histories
 from tailor.evaluation.metrics import per_user_metric, ranking_metrics
 from tailor.models.baselines import DEFAULT_GRIDS, fit_baseline
-from tailor.models.index import build_index
+from tailor.models.index import build_index, choose_index_kind, tune_search_depth
 from tailor.models.sequential import fit_recipe
 from tailor.ranking.rank import Ranked, RankPolicy, rank_dense, rank_histories
 from tailor.ranking.tail import head_mask, item_popularity
@@ -108,11 +108,26 @@ class Exam:
         return self.ndcg_at_10(rank_dense(model, self.cases["valid"][0], self.policy(None)).items)
 
 
+def served_index(model, histories, index_settings: IndexSettings, seed: int):
+    """The index a model would be served with: built, and (when approximate) its depth tuned
+    on the vectors of up to `index.tune_queries` of `histories`, as the train flow does."""
+    vectors = model.item_vectors()
+    index = build_index(vectors, index_settings, seed=seed)
+    if choose_index_kind(len(vectors), index_settings) != "flat" and len(histories):
+        rows = np.random.default_rng(seed).choice(
+            len(histories), min(index_settings.tune_queries, len(histories)), replace=False
+        )
+        queries = model.user_vectors([histories[r] for r in np.sort(rows)])
+        k, target = index_settings.tune_k, index_settings.target_recall
+        tune_search_depth(index, vectors, queries, k, target)
+    return index
+
+
 def rank_vector_model(
     model, histories, policy: RankPolicy, index_settings: IndexSettings, seed: int
 ) -> Ranked:
     """Lists of a model with user and item vectors through an index, as it is served."""
-    index = build_index(model.item_vectors(), index_settings, seed=seed)
+    index = served_index(model, histories, index_settings, seed)
     return rank_histories(model, index, histories, policy)
 
 
@@ -140,8 +155,8 @@ def evaluate_models(
     out = Comparison()
     served = exam.policy(rerank)
     # One index per model, as each would be served (built once: HNSW builds are not cheap).
-    valid_index = build_index(valid_model.item_vectors(), index, seed=seed)
-    item_index = build_index(served_model.item_vectors(), index, seed=seed)
+    valid_index = served_index(valid_model, exam.cases["valid"][0], index, seed)
+    item_index = served_index(served_model, exam.cases["test"][0], index, seed)
     tops = {
         "valid": rank_histories(valid_model, valid_index, exam.cases["valid"][0], served),
         "test": rank_histories(served_model, item_index, exam.cases["test"][0], served),

@@ -109,19 +109,29 @@ def rank_index(
     if n == 0 or fetch == 0:
         return _finish(items, scores, policy)
     found_scores, found = index.search(queries, fetch)
-    for row in range(n):
-        drop = excluded[row]
-        if not isinstance(drop, set | frozenset | dict):
-            drop = set(np.asarray(drop).tolist())
-        col = 0
-        for item, score in zip(found[row].tolist(), found_scores[row].tolist(), strict=True):
-            if item < 0 or item in drop:
-                continue
-            items[row, col], scores[row, col] = item, score
-            col += 1
-            if col == pool:
-                break
+    keep = (found >= 0) & ~_excluded_mask(found, excluded)
+    # Kept hits move to the front of their row in search order (a stable sort on "dropped"),
+    # so no per-item Python loop: millions of users stay cheap.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :pool]
+    width = order.shape[1]
+    taken = np.take_along_axis(keep, order, axis=1)
+    items[:, :width] = np.where(taken, np.take_along_axis(found, order, axis=1), PAD)
+    scores[:, :width] = np.where(taken, np.take_along_axis(found_scores, order, axis=1), -np.inf)
     return _finish(items, scores, policy)
+
+
+def _excluded_mask(found: np.ndarray, excluded: Sequence[Collection[int]]) -> np.ndarray:
+    """True where found[u, j] is in excluded[u], for every row at once."""
+    rows = [np.fromiter(e, dtype=np.int64, count=len(e)) for e in excluded]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    if not lengths.sum():
+        return np.zeros(found.shape, dtype=bool)
+    width = int(max(found.max(initial=0), max((r.max(initial=0) for r in rows), default=0))) + 1
+    # One key per (user, item): user * width + item, compared in a single np.isin.
+    owners = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    banned = owners * width + np.concatenate(rows)
+    keys = np.arange(len(found), dtype=np.int64)[:, None] * width + np.maximum(found, 0)
+    return np.isin(keys, banned)
 
 
 def _finish(candidates: np.ndarray, scores: np.ndarray, policy: RankPolicy) -> Ranked:

@@ -1,21 +1,57 @@
-"""The faiss index over a trained model's item vectors."""
+"""The faiss index over a trained model's item vectors, its search depth tuned to a recall."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tailor.models.index import Depth, choose_index_kind, save_index, tune_search_depth
 from tailor.models.index import build_index as build_faiss_index
-from tailor.models.index import save_index
 from tailor.models.sequential import load_recommender
 from tailor.settings import IndexSettings
+from tailor.stages.data import PreparedData, all_histories
+from tailor.tracking.record import Record
+
+
+@dataclass(frozen=True)
+class BuiltIndex:
+    path: Path  # index.faiss, the tuned depth saved in it
+    kind: str
+    n_items: int
+    depth: Depth
+
+    def record(self) -> Record:
+        metrics: dict[str, float] = {f"index.recall_at_{self.depth.k}": self.depth.recall}
+        metrics.update({f"index.{name}": float(v) for name, v in self.depth.values.items()})
+        return Record(metrics=metrics, tags={"index.kind": self.kind})
 
 
 def build_index(
-    model_dir: Path, vectors_path: Path, index: IndexSettings, seed: int, out_dir: Path
-) -> Path:
-    """index.faiss in `out_dir` over the item vectors of the model in `model_dir`."""
+    model_dir: Path,
+    vectors_path: Path,
+    index: IndexSettings,
+    seed: int,
+    out_dir: Path,
+    prepared: PreparedData | None = None,
+) -> BuiltIndex:
+    """index.faiss in `out_dir` over the item vectors of the model in `model_dir`.
+
+    An approximate index's depth is tuned to `index.target_recall` against exact search, on
+    the vectors of up to `index.tune_queries` seeded users of `prepared` (the queries it will
+    answer); an exact index needs none.
+    """
     model = load_recommender(model_dir, np.load(vectors_path), device="cpu")
-    built = build_faiss_index(model.item_vectors(), index, seed=seed)
-    return save_index(built, Path(out_dir) / "index.faiss")
+    vectors = model.item_vectors()
+    built = build_faiss_index(vectors, index, seed=seed)
+    kind = choose_index_kind(len(vectors), index)
+    depth = Depth({}, 1.0, index.tune_k, 0, 0.0)
+    if kind != "flat" and prepared is not None:
+        _, histories, _ = all_histories(prepared)
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(histories), min(index.tune_queries, len(histories)), replace=False)
+        queries = model.user_vectors([histories[r] for r in np.sort(rows)])
+        depth = tune_search_depth(built, vectors, queries, index.tune_k, index.target_recall)
+    path = save_index(built, Path(out_dir) / "index.faiss")
+    return BuiltIndex(path=path, kind=kind, n_items=len(vectors), depth=depth)
