@@ -25,7 +25,6 @@ import numpy as np
 
 from tailor.evaluation.compare import SASREC, SEQUENTIAL, Comparison, Exam, rank_vector_model
 from tailor.evaluation.metrics import paired_bootstrap, per_user_metric
-from tailor.models.sequential import fit_recipe
 from tailor.ranking.rank import rank_dense
 from tailor.settings import IndexSettings, RerankSettings, TrainSettings
 
@@ -89,17 +88,7 @@ def ablate(
         runs.append((ENCODER_TUNING, tuned_vectors, {}))
     for name, vectors, changes in runs:
         log.info("ablation: training %s", name)
-        fitted = fit_recipe(
-            vectors,
-            train.model_copy(update=changes),
-            seed,
-            hist.train,
-            hist.train_liked,
-            hist.train_and_valid(),
-            hist.train_and_valid_liked(),
-            exam.validation_score if len(hist.valid_users) else None,
-        )
-        models[name] = fitted.evaluated
+        models[name] = exam.fit(vectors, train.model_copy(update=changes), seed).evaluated
     models[configured] = comparison.evaluated[SEQUENTIAL]
     if ENCODER_TUNING in models:  # after the configured row: it adds to that model
         models[ENCODER_TUNING] = models.pop(ENCODER_TUNING)

@@ -18,7 +18,7 @@ import numpy as np
 from tailor.data.protocol import Histories
 from tailor.evaluation.metrics import per_user_metric, ranking_metrics
 from tailor.models.baselines import DEFAULT_GRIDS, fit_baseline
-from tailor.models.index import build_index, choose_index_kind, tune_search_depth
+from tailor.models.index import build_tuned_index
 from tailor.models.sequential import fit_recipe
 from tailor.ranking.rank import Ranked, RankPolicy, rank_dense, rank_histories
 from tailor.ranking.tail import head_mask, item_popularity
@@ -102,6 +102,23 @@ class Exam:
         targets = self.cases[split][1]
         return float(per_user_metric(top, targets, "ndcg", 10).mean()) if len(targets) else 0.0
 
+    def fit(self, text_vectors: np.ndarray, settings: TrainSettings, seed: int, progress=False):
+        """The evaluation recipe (`fit_recipe`) on this exam's cases: early-stopped on the
+        validation events, refit on train + validation. Every sequential model of a run (the
+        model itself, the id-only baselines, the ablation's rows) is trained by this."""
+        hist = self.hist
+        return fit_recipe(
+            text_vectors,
+            settings,
+            seed,
+            hist.train,
+            hist.train_liked,
+            hist.train_and_valid(),
+            hist.train_and_valid_liked(),
+            self.validation_score if len(hist.valid_users) else None,
+            progress=progress,
+        )
+
     def validation_score(self, model) -> float:
         """Validation NDCG@10 of the model's own order: what early stopping keeps the best
         epoch by, for the sequential model and the id-only baseline alike."""
@@ -109,18 +126,8 @@ class Exam:
 
 
 def served_index(model, histories, index_settings: IndexSettings, seed: int):
-    """The index a model would be served with: built, and (when approximate) its depth tuned
-    on the vectors of up to `index.tune_queries` of `histories`, as the train flow does."""
-    vectors = model.item_vectors()
-    index = build_index(vectors, index_settings, seed=seed)
-    if choose_index_kind(len(vectors), index_settings) != "flat" and len(histories):
-        rows = np.random.default_rng(seed).choice(
-            len(histories), min(index_settings.tune_queries, len(histories)), replace=False
-        )
-        queries = model.user_vectors([histories[r] for r in np.sort(rows)])
-        k, target = index_settings.tune_k, index_settings.target_recall
-        tune_search_depth(index, vectors, queries, k, target)
-    return index
+    """The index a model would be served with (`build_tuned_index`), as the train flow does."""
+    return build_tuned_index(model, histories, index_settings, seed)[0]
 
 
 def rank_vector_model(
@@ -225,17 +232,7 @@ def train_id_sequential(
     train = train or TrainSettings()
     update = {"text": False, "text_view_weight": 0.0, "id_gate": 0.0, "sequence": sequence}
     ids_only = train.model_copy(update=update)
-    hist = exam.hist
-    fitted = fit_recipe(
-        text_vectors,
-        ids_only,
-        seed,
-        hist.train,
-        hist.train_liked,
-        hist.train_and_valid(),
-        hist.train_and_valid_liked(),
-        exam.validation_score if len(hist.valid_users) else None,
-    )
+    fitted = exam.fit(text_vectors, ids_only, seed)
     params = {
         "epochs": fitted.report.best_epoch,
         "epoch_budget": ids_only.epochs,

@@ -233,3 +233,19 @@ def load_index(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"faiss index {path} does not exist")
     return faiss.read_index(str(path))
+
+
+def build_tuned_index(model, histories, settings: IndexSettings, seed: int):
+    """(index, depth) over a model's item vectors, as it is served: an approximate index gets
+    its depth tuned on the vectors of up to `index.tune_queries` seeded users of `histories`
+    (the queries it will answer); an exact one needs none. `model` has `item_vectors()` and
+    `user_vectors(histories)`."""
+    vectors = model.item_vectors()
+    index = build_index(vectors, settings, seed=seed)
+    depth = Depth({}, 1.0, settings.tune_k, 0, 0.0)
+    if choose_index_kind(len(vectors), settings) != "flat" and len(histories):
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(len(histories), min(settings.tune_queries, len(histories)), replace=False)
+        queries = model.user_vectors([histories[r] for r in np.sort(rows)])
+        depth = tune_search_depth(index, vectors, queries, settings.tune_k, settings.target_recall)
+    return index, depth

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tailor.models.index import Depth, choose_index_kind, save_index, tune_search_depth
-from tailor.models.index import build_index as build_faiss_index
+from tailor.models.index import Depth, build_tuned_index, choose_index_kind, save_index
 from tailor.models.sequential import load_recommender
 from tailor.settings import IndexSettings
 from tailor.stages.data import PreparedData, all_histories
@@ -43,15 +42,9 @@ def build_index(
     answer); an exact index needs none.
     """
     model = load_recommender(model_dir, np.load(vectors_path), device="cpu")
-    vectors = model.item_vectors()
-    built = build_faiss_index(vectors, index, seed=seed)
-    kind = choose_index_kind(len(vectors), index)
-    depth = Depth({}, 1.0, index.tune_k, 0, 0.0)
-    if kind != "flat" and prepared is not None:
-        _, histories, _ = all_histories(prepared)
-        rng = np.random.default_rng(seed)
-        rows = rng.choice(len(histories), min(index.tune_queries, len(histories)), replace=False)
-        queries = model.user_vectors([histories[r] for r in np.sort(rows)])
-        depth = tune_search_depth(built, vectors, queries, index.tune_k, index.target_recall)
+    kind = choose_index_kind(model.n_items, index)
+    # Only an approximate index is tuned, so only then are the users' histories read.
+    histories = all_histories(prepared)[1] if prepared is not None and kind != "flat" else []
+    built, depth = build_tuned_index(model, histories, index, seed)
     path = save_index(built, Path(out_dir) / "index.faiss")
-    return BuiltIndex(path=path, kind=kind, n_items=len(vectors), depth=depth)
+    return BuiltIndex(path=path, kind=kind, n_items=model.n_items, depth=depth)

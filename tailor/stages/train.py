@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tailor.evaluation.compare import Exam
-from tailor.models.sequential import fit_members, fit_recipe
+from tailor.models.sequential import fit_members
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
@@ -49,18 +49,8 @@ def train_recommender(
     and its refit): two models that saw different data disagree where either is unsure, and
     their mean is steadier from run to run than either alone.
     """
-    hist = load_histories(prepared)
-    fitted = fit_recipe(
-        np.load(vectors_path),
-        settings.train,
-        settings.seed,
-        hist.train,
-        hist.train_liked,
-        hist.train_and_valid(),
-        hist.train_and_valid_liked(),
-        Exam(hist, settings.eval).validation_score if len(hist.valid_users) else None,
-        progress=progress,
-    )
+    exam = Exam(load_histories(prepared), settings.eval)
+    fitted = exam.fit(np.load(vectors_path), settings.train, settings.seed, progress=progress)
     valid_dir = Path(out_dir) / "model_valid"
     fitted.valid_model.save(valid_dir)
     serve_dir = valid_dir
