@@ -120,7 +120,7 @@ def run_draw(
     new = set(choose_new_users(events, s.new_user_share, most_events, seed))
     known = events.filter(~pl.col(C.USER_ID).is_in(list(new)))
     warm = known.filter(~pl.col(C.ITEM_ID).is_in(list(cold)))
-    _, histories, liked = event_histories(warm, items)
+    known_users, histories, liked = event_histories(warm, items)
     positives = [h[m] for h, m in zip(histories, liked, strict=True)]
     n_items = items.height
     popularity = item_popularity(np.concatenate(positives), n_items)
@@ -155,7 +155,7 @@ def run_draw(
         events.filter(pl.col(C.USER_ID).is_in(list(new))),
         items,
         users,
-        known,
+        known_users,
         histories,
         positives,
         model,
@@ -181,7 +181,7 @@ def _new_users(
     new_events: pl.DataFrame,
     items: pl.DataFrame,
     users: pl.DataFrame | None,
-    known: pl.DataFrame,
+    known_users: list[str],
     known_histories: list[np.ndarray],
     known_positives: list[np.ndarray],
     model,
@@ -217,7 +217,7 @@ def _new_users(
         pairs = zip(found, targets, strict=True)
         return np.array([len(f & set(t.tolist())) / len(t) for f, t in pairs], dtype=float)
 
-    pool, profiles = _profile_pool(users, known, items, known_histories, settings, encode)
+    pool, profiles = _profile_pool(users, known_users, items, known_histories, settings, encode)
     for n in s.new_user_events:
         seen = [h[:n] for h in histories]
         excluded = [set(x.tolist()) for x in seen]
@@ -248,13 +248,15 @@ def _new_users(
 
 def _profile_pool(
     users: pl.DataFrame | None,
-    known: pl.DataFrame,
+    names: list[str],
     items: pl.DataFrame,
     known_histories: list[np.ndarray],
     settings: Settings,
     encode: Encode,
 ) -> tuple[ProfilePool | None, dict[str, str]]:
-    """The known users' profiles and what they consumed, as the service's profile pool."""
+    """The known users' profiles and what they consumed, as the service's profile pool.
+
+    `names[r]` is the user of `known_histories[r]` (the warm events the model trained on)."""
     serve = settings.serve
     present = [f for f in serve.profile_fields if users is not None and f in users.columns]
     if not present:
@@ -263,7 +265,6 @@ def _profile_pool(
         row[C.USER_ID]: profile_text(row, present)
         for row in users.select(C.USER_ID, *present).iter_rows(named=True)
     }
-    names, _, _ = event_histories(known, items)
     rows = [r for r, u in enumerate(names) if profiles.get(u) and len(known_histories[r])]
     if not rows:
         return None, profiles
