@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect.runtime import flow_run
 
-from tailor.settings import Settings, load_settings
+from tailor.settings import RunnerSettings, Settings, load_settings
 from tailor.tracking.record import Record, log_record
 from tailor.tracking.runs import client_for, ensure_experiment, finish_run, start_or_resume_run
 
@@ -18,6 +18,27 @@ def resolve_settings(settings: Settings | None, preset: str | None, config: str 
     if settings is not None:
         return settings
     return load_settings(Path(config) if config else None, preset=preset)
+
+
+def task_runner_for(runner: RunnerSettings):
+    """The Prefect task runner `runner` names: threads here, or a Dask cluster (a local one
+    of `workers` single-threaded processes, or the existing one at `dask_address`)."""
+    if runner.kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=runner.workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as e:
+        raise RuntimeError(
+            "runner.kind = 'dask' needs prefect-dask: pip install 'tailor[scale]'"
+        ) from e
+    if runner.dask_address:
+        return DaskTaskRunner(address=runner.dask_address)
+    # One thread per worker: torch and faiss already use the cores a block is given.
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1, "processes": True}
+    )
 
 
 @dataclass

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.common import resolve_settings, tracked_run
+from flows.common import resolve_settings, task_runner_for, tracked_run
 from tailor.settings import Settings
+from tailor.stages.data import PreparedData
+from tailor.stages.refresh import RefreshPlan
 from tailor.tracking.registry import resolve_version
 from tailor.tracking.runs import client_for
 from tasks.data import prepare_data
-from tasks.refresh import refresh_recommendations
+from tasks.refresh import plan_refresh, publish_recommendations, score_block
 
 
 class RefreshResult(BaseModel):
@@ -40,7 +44,10 @@ def nightly_refresh(
     with tracked_run(settings, t.refresh_experiment, "refresh") as run:
         # Serving uses every event: no items are held out for measurement here.
         prepared = prepare_data(settings, run.out_dir / "data", hold_out_cold=False)
-        outcome = refresh_recommendations(prepared, settings, version, run.out_dir / "refresh")
+        plan = plan_refresh(prepared, settings, version, run.out_dir / "parts")
+        runner = task_runner_for(settings.runner)
+        parts = score_blocks.with_options(task_runner=runner)(prepared, settings, plan)
+        outcome = publish_recommendations(prepared, settings, plan, parts, run.out_dir / "refresh")
         run.log(outcome)
 
         s = outcome.summary
@@ -64,6 +71,13 @@ def nightly_refresh(
             coverage=s["coverage"],
             tail_share=s["tail_share"],
         )
+
+
+@flow(name="score-blocks")
+def score_blocks(prepared: PreparedData, settings: Settings, plan: RefreshPlan) -> list[Path]:
+    """Every block of users scored as its own task, in parallel on the flow's task runner."""
+    futures = [score_block.submit(prepared, settings, plan, b) for b in range(plan.n_blocks)]
+    return [future.result() for future in futures]
 
 
 if __name__ == "__main__":

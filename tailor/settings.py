@@ -407,9 +407,31 @@ class RefreshSettings(_Section):
     store_url: str | None = Field(
         None, description="SQLAlchemy URL; None = SQLite file in the workdir."
     )
-    batch_users: int = Field(1024, ge=1, description="Users scored per batch.")
+    batch_users: int = Field(1024, ge=1, description="Users scored per faiss search call.")
+    block_users: int = Field(
+        50_000,
+        ge=1,
+        description="Users per block: each block is one retriable task writing one Parquet part; "
+        "blocks run in parallel on `runner`.",
+    )
     chunk_rows: int = Field(
         50_000, ge=1, description="Rows per write transaction; the swap to the new set is one."
+    )
+
+
+class RunnerSettings(_Section):
+    """Where a flow's parallel tasks run (the refresh's user blocks)."""
+
+    kind: Literal["threads", "dask"] = Field(
+        "threads",
+        description="threads = in the flow's own process; dask = a Dask cluster (install "
+        "tailor[scale]): a local one of `workers` processes, or the one at `dask_address`.",
+    )
+    workers: int = Field(
+        1, ge=1, description="Threads, or local Dask worker processes (one thread each)."
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster, e.g. tcp://scheduler:8786."
     )
 
 
@@ -418,6 +440,11 @@ class TrackingSettings(_Section):
 
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; None = SQLite file in the workdir."
+    )
+    artifact_root: str | None = Field(
+        None,
+        description="Where new experiments keep artifacts; None = mlartifacts/ in the workdir "
+        "for a local store, the tracking server's own default for an http(s) URI.",
     )
     experiment: str = Field("tailor", description="Experiment for training runs.")
     refresh_experiment: str = Field("tailor-refresh", description="Experiment for refresh runs.")
@@ -571,6 +598,7 @@ class Settings(BaseSettings):
     search: SearchSettings = Field(default_factory=SearchSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 
@@ -590,7 +618,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.workdir.resolve() / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
+    def artifact_root(self) -> str | None:
+        if self.tracking.artifact_root:
+            return self.tracking.artifact_root
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None  # the server decides (its --artifacts-destination)
         return (self.workdir.resolve() / "mlartifacts").as_uri()
 
     @property

@@ -53,7 +53,9 @@ STAGES = [
     ("tasks.train", "train_production"),
     ("tasks.register", "score_champion"),
     ("tasks.register", "register_model"),
-    ("tasks.refresh", "refresh_recommendations"),
+    ("tasks.refresh", "plan_refresh"),
+    ("tasks.refresh", "score_block"),
+    ("tasks.refresh", "publish_recommendations"),
 ]
 
 

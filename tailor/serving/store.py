@@ -8,13 +8,14 @@ deletes them. The same SQLAlchemy Core code runs on SQLite (the default, one fil
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,25 @@ class RecommendationStore:
         the next successful publish. Cleanup after the switch never undoes it: a failure there is
         logged and retried by the next publish.
         """
+        _prepare(recs)  # refuse bad input before anything is written
+        return self.publish_parts([recs], model_version, chunk_rows, extra)
+
+    def publish_parts(
+        self,
+        parts: Iterable[pl.DataFrame | Path],
+        model_version: str,
+        chunk_rows: int = 50_000,
+        extra: dict[str, Any] | None = None,
+    ) -> BatchInfo:
+        """`publish` for lists written in parts (frames or Parquet files, one per block of
+        users), read one part at a time so memory holds one part, published as one batch.
+
+        Each user's list must sit in one part; a user found in two parts fails the publish.
+        """
         if not isinstance(model_version, str) or not model_version.strip():
             raise StoreError("model_version must be a non-empty string")
         if chunk_rows < 1:
             raise StoreError(f"chunk_rows must be at least 1, got {chunk_rows}")
-        frame = _prepare(recs)
         extra = dict(extra or {})
         try:
             extra_json = json.dumps(extra, sort_keys=True)
@@ -184,52 +199,64 @@ class RecommendationStore:
             raise StoreError(f"extra is not JSON-serialisable: {e}") from e
 
         engine = self._get_engine()
-        info = BatchInfo(
-            batch_id=uuid.uuid4().hex,
-            model_version=model_version,
-            created_at=datetime.now(UTC),
-            n_users=frame[C.USER_ID].n_unique(),
-            n_rows=frame.height,
-            status=WRITING,
-            extra=extra,
-        )
-        rows = frame.with_columns(pl.lit(info.batch_id).alias(_BATCH_ID))
+        batch_id = uuid.uuid4().hex
+        created_at = datetime.now(UTC)
+        n_rows = n_users = 0
         with self._db_errors("publish recommendations"):
             with engine.begin() as conn:
                 conn.execute(
                     insert(_BATCHES).values(
-                        batch_id=info.batch_id,
-                        model_version=info.model_version,
-                        created_at=info.created_at,
+                        batch_id=batch_id,
+                        model_version=model_version,
+                        created_at=created_at,
                         status=WRITING,
-                        n_users=info.n_users,
-                        n_rows=info.n_rows,
+                        n_users=0,
+                        n_rows=0,
                         extra=extra_json,
                     )
                 )
             with engine.connect() as conn:
-                for chunk in rows.iter_slices(n_rows=chunk_rows):
-                    # One transaction per chunk keeps the write lock and the journal bounded.
-                    with conn.begin():
-                        self._insert_chunk(conn, chunk)
+                last_user: str | None = None
+                for part in parts:
+                    frame = _prepare(_read_part(part))
+                    # Parts are sorted by user; users of one part all sort after the last one's
+                    # (blocks are ranges of sorted ids), so a user split over two parts shows.
+                    first = frame[C.USER_ID][0]
+                    if last_user is not None and first <= last_user:
+                        raise StoreError(
+                            f"parts overlap or are out of order: user {first!r} follows "
+                            f"{last_user!r}; nothing was published"
+                        )
+                    last_user = frame[C.USER_ID][-1]
+                    n_rows += frame.height
+                    n_users += frame[C.USER_ID].n_unique()
+                    rows = frame.with_columns(pl.lit(batch_id).alias(_BATCH_ID))
+                    for chunk in rows.iter_slices(n_rows=chunk_rows):
+                        # One transaction per chunk keeps the write lock and the journal bounded.
+                        with conn.begin():
+                            self._insert_chunk(conn, chunk)
+            if n_rows == 0:
+                # An empty refresh is an upstream bug; publishing it would wipe every list.
+                raise StoreError("refusing to publish an empty set of recommendations")
             with engine.begin() as conn:
-                self._switch(conn, info.batch_id, info.n_rows)
+                self._switch(conn, batch_id, n_rows, n_users)
+        info = BatchInfo(batch_id, model_version, created_at, n_users, n_rows, PUBLISHED, extra)
         _log.info(
             "published batch %s (%s): %d rows for %d users",
-            info.batch_id,
+            batch_id,
             model_version,
-            info.n_rows,
-            info.n_users,
+            n_rows,
+            n_users,
         )
         try:
             self._cleanup(engine, info)
         except Exception:
             _log.warning(
                 "published batch %s, but removing old rows failed; the next publish retries",
-                info.batch_id,
+                batch_id,
                 exc_info=True,
             )
-        return replace(info, status=PUBLISHED)
+        return info
 
     def _insert_chunk(self, conn: Connection, chunk: pl.DataFrame) -> None:
         if conn.dialect.name == "sqlite":
@@ -238,20 +265,22 @@ class RecommendationStore:
             compiled = insert(_RECS).compile(dialect=conn.dialect, column_keys=chunk.columns)
             order = compiled.positiontup or chunk.columns
             conn.exec_driver_sql(str(compiled), chunk.select(order).rows())
+        elif conn.dialect.driver == "psycopg2":
+            # COPY streams the rows in one command: ~10x faster than multi-row INSERTs.
+            _copy_chunk(conn, chunk)
         else:
-            # Core's insertmanyvalues batches rows into multi-row VALUES on every PostgreSQL
-            # driver, where a raw executemany would be a round trip per row on psycopg2.
+            # Core's insertmanyvalues batches rows into multi-row VALUES on other drivers.
             conn.execute(insert(_RECS), chunk.to_dicts())
 
     @staticmethod
-    def _switch(conn: Connection, batch_id: str, n_rows: int) -> None:
+    def _switch(conn: Connection, batch_id: str, n_rows: int, n_users: int) -> None:
         # Retire first so the one-published index never sees two; the UPDATE also takes the
         # write lock before any read here, so SQLite cannot fail to upgrade a read snapshot.
         conn.execute(update(_BATCHES).where(_BATCHES.c.status == PUBLISHED).values(status=RETIRED))
         flipped = conn.execute(
             update(_BATCHES)
             .where(_BATCHES.c.batch_id == batch_id, _BATCHES.c.status == WRITING)
-            .values(status=PUBLISHED)
+            .values(status=PUBLISHED, n_rows=n_rows, n_users=n_users)
         )
         if flipped.rowcount != 1:
             raise StoreError(
@@ -416,6 +445,30 @@ def _configure_sqlite(dbapi_conn: Any, _record: Any) -> None:
         # Safe in WAL (a crash loses at most the last commits, never consistency), and the
         # store is rebuilt nightly anyway; it makes the per-chunk commits cheap.
         cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _read_part(part: pl.DataFrame | Path) -> pl.DataFrame:
+    if isinstance(part, pl.DataFrame):
+        return part
+    try:
+        return pl.read_parquet(part)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise StoreError(f"cannot read the part {part}: {e}") from e
+
+
+def _copy_chunk(conn: Connection, chunk: pl.DataFrame) -> None:
+    order = [c.name for c in _RECS.columns]
+    buffer = io.BytesIO()
+    # CSV through COPY: an unquoted empty field is NULL, a quoted one ("") the empty string.
+    chunk.select(order).write_csv(buffer, include_header=False, quote_style="non_numeric")
+    buffer.seek(0)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(
+            f"COPY {_RECS.name} ({', '.join(order)}) FROM STDIN WITH (FORMAT csv)", buffer
+        )
     finally:
         cursor.close()
 

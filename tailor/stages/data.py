@@ -185,10 +185,15 @@ def load_histories(prepared: PreparedData) -> Histories:
 
 def all_interactions(prepared: PreparedData) -> pl.DataFrame:
     """Warm and cold events together: everything known about users."""
-    warm = pl.read_parquet(prepared.interactions).drop(C.SPLIT, SEQ)
+    return scan_interactions(prepared).collect()
+
+
+def scan_interactions(prepared: PreparedData) -> pl.LazyFrame:
+    """`all_interactions`, lazily: a filter on it reads only the row groups it needs."""
+    warm = pl.scan_parquet(prepared.interactions).drop(C.SPLIT, SEQ)
     if prepared.cold_events is None:
         return warm
-    cold = pl.read_parquet(prepared.cold_events).select(warm.columns)
+    cold = pl.scan_parquet(prepared.cold_events).select(warm.collect_schema().names())
     return pl.concat([warm, cold]).sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
 
 

@@ -28,11 +28,14 @@ def client_for(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def ensure_experiment(client, name: str, artifact_root: str) -> str:
-    """Create the experiment with an absolute artifact location, so runs do not depend on cwd."""
+def ensure_experiment(client, name: str, artifact_root: str | None) -> str:
+    """Create the experiment with an absolute artifact location, so runs do not depend on cwd
+    (None: the tracking server's default, e.g. its S3 bucket)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if artifact_root is None:
+        return client.create_experiment(name)
     location = f"{artifact_root.rstrip('/')}/{name}"
     return client.create_experiment(name, artifact_location=location)
 
