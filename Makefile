@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: install run serve test test-faults test-all lint format benchmark benchmark-serve
+.PHONY: install run serve test test-faults test-integration test-all lint format benchmark benchmark-serve stack-up stack-down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Scale out: the Dask runner, PostgreSQL and S3 clients, and the emulated S3 endpoint.
+$(VENV)/.installed-integration: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,integration]"
+	touch $@
 
 run: install
 	$(VENV)/bin/tailor run
@@ -33,8 +38,20 @@ test: lint
 test-faults: install
 	$(PY) -m pytest -m faults
 
-test-all: lint
+test-integration: $(VENV)/.installed-integration
+	bash deployments/install-servers.sh
+	$(PY) -m pytest -m integration
+
+test-all: lint $(VENV)/.installed-integration
+	bash deployments/install-servers.sh
 	$(PY) -m pytest -m ""
+
+stack-up: $(VENV)/.installed-integration
+	bash deployments/install-servers.sh
+	$(PY) deployments/stack.py up --dir .stack
+
+stack-down: install
+	$(PY) deployments/stack.py down --dir .stack
 
 format: install
 	$(PY) -m ruff format .

@@ -1,6 +1,7 @@
 """The nightly refresh at scale: index build, top-20 for every user, atomic publish.
 
-    python benchmarks/scale.py [--users 10000,100000,1000000] [--items 1000000] [--workdir DIR]
+    python benchmarks/scale.py [--users 10000,100000,1000000] [--items 1000000]
+                               [--events 50000000] [--workdir DIR]
 
 Synthetic model vectors of the served model's width (the default recipe: two members of
 dim + 1 columns each = 130), clustered like a trained model's: items around 2,000 topic
@@ -11,6 +12,12 @@ refresh's ranking path (search, seen items dropped, tail-aware re-ranking of 200
 in blocks, the atomic publish into the recommendation store, wall time and peak memory, and
 recall@20 of the published lists against the same path over an exact index on a 10,000-user
 sample. Reasons and labels, which the real refresh adds per row, are not computed here.
+
+Then the cleaning stage on `--events` synthetic raw events (text columns, as a file arrives:
+~50 per user over the 1 M users, 1 M items, 1 % defects of every kind) in a Parquet file,
+cleaned in user partitions (`tailor.data.partitioned`) in a child process whose peak memory is
+reported, beside cleaning a tenth of the events at once (`clean_interactions`) for comparison.
+`--events 0` skips it; `--users ""` runs only it.
 """
 
 from __future__ import annotations
@@ -72,13 +79,162 @@ def synthetic_users(n: int, centres, item_topic, rng: np.random.Generator):
     return users.astype(np.float32), seen
 
 
+def write_raw_events(path: Path, n: int, n_users: int, n_items: int, seed: int = 0) -> None:
+    """`n` raw events as text, in chunks (never all in memory): 1 % with a defect."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from tailor import columns as C
+
+    rng = np.random.default_rng(seed)
+    writer = None
+    chunk = 5_000_000
+    try:
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            frame = pl.DataFrame(
+                {
+                    C.USER_ID: rng.integers(0, n_users, m),
+                    C.ITEM_ID: rng.zipf(1.2, m) % n_items,
+                    C.TIMESTAMP: rng.integers(1_500_000_000, 1_700_000_000, m),
+                    C.WEIGHT: rng.integers(1, 6, m),
+                }
+            ).select(
+                ("u" + pl.col(C.USER_ID).cast(pl.Utf8)).alias(C.USER_ID),
+                ("i" + pl.col(C.ITEM_ID).cast(pl.Utf8)).alias(C.ITEM_ID),
+                pl.col(C.TIMESTAMP).cast(pl.Utf8),
+                pl.col(C.WEIGHT).cast(pl.Utf8),
+            )
+            bad = pl.Series(rng.random(m) < 0.01)
+            kind = pl.Series(rng.integers(0, 4, m))
+            frame = frame.with_columns(
+                pl.when(bad & (kind == 0))
+                .then(pl.lit(" "))
+                .otherwise(pl.col(C.USER_ID))
+                .alias(C.USER_ID),
+                pl.when(bad & (kind == 1))
+                .then(pl.lit("i-unknown"))
+                .otherwise(pl.col(C.ITEM_ID))
+                .alias(C.ITEM_ID),
+                pl.when(bad & (kind == 2))
+                .then(pl.lit("yesterday"))
+                .otherwise(pl.col(C.TIMESTAMP))
+                .alias(C.TIMESTAMP),
+                pl.when(bad & (kind == 3))
+                .then(pl.lit("-2"))
+                .otherwise(pl.col(C.WEIGHT))
+                .alias(C.WEIGHT),
+            )
+            table = frame.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def clean_child(path: str, n_items: int, mode: str, out: str) -> None:
+    """Runs in its own process, so its peak memory is the stage's alone; prints one JSON line."""
+    import json
+
+    import polars as pl
+
+    from tailor.data.clean import clean_interactions
+    from tailor.data.partitioned import clean_interactions_partitioned
+
+    known = pl.Series([f"i{i}" for i in range(n_items)])
+    began = time.perf_counter()
+    if mode == "partitioned":
+        result = clean_interactions_partitioned(Path(path), Path(out), known)
+        rows_in, rows_out = result.rows_in, result.rows_out
+    else:
+        raw = pl.read_parquet(path)
+        clean, _ = clean_interactions(raw, path, known, None)
+        rows_in, rows_out = raw.height, clean.height
+    seconds = time.perf_counter() - began
+    print(
+        json.dumps(
+            {
+                "rows_in": rows_in,
+                "rows_out": rows_out,
+                "seconds": seconds,
+                "peak_gib": peak_rss_gib(),
+            }
+        )
+    )
+
+
+def cleaning_rows(events: int, n_users: int, n_items: int, workdir: Path) -> list[dict]:
+    import json
+    import subprocess
+
+    rows = []
+    for label, n, mode in (
+        ("all at once (clean_interactions)", events // 10, "whole"),
+        ("in user partitions (tailor.data.partitioned)", events, "partitioned"),
+    ):
+        path = workdir / f"events-{n}.parquet"
+        began = time.perf_counter()
+        write_raw_events(path, n, n_users, n_items)
+        print(f"  {n:,} raw events written in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--clean-child",
+                str(path),
+                "--items",
+                str(n_items),
+                "--mode",
+                mode,
+                "--workdir",
+                str(workdir / f"clean-{n}"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            raise RuntimeError(f"cleaning {path} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"how": label, "file_mb": path.stat().st_size / 2**20, **result})
+        path.unlink()
+        print(f"  {label}: {result}", file=sys.stderr)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", default="10000,100000,1000000")
     parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=50_000_000)
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument("--clean-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="partitioned", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.clean_child:
+        clean_child(args.clean_child, args.items, args.mode, args.workdir)
+        return 0
 
+    counts = [int(x) for x in args.users.split(",") if x.strip()]
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tailor-scale-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if counts:
+        refresh_table(args, counts, workdir)
+    if args.events:
+        rows = cleaning_rows(args.events, max(counts or [1_000_000]), args.items, workdir)
+        print("\n| cleaning | events | file MB | rows kept | seconds | peak memory GiB |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(
+                f"| {r['how']} | {r['rows_in']:,} | {r['file_mb']:.0f} | {r['rows_out']:,} | "
+                f"{r['seconds']:.0f} | {r['peak_gib']:.2f} |"
+            )
+    return 0
+
+
+def refresh_table(args, counts: list[int], workdir: Path) -> None:
     import polars as pl
 
     from tailor import columns as C
@@ -88,9 +244,6 @@ def main() -> int:
     from tailor.serving.store import RecommendationStore
     from tailor.settings import IndexSettings, RerankSettings
 
-    counts = [int(x) for x in args.users.split(",")]
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tailor-scale-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     d = served_width()
     settings, rerank = IndexSettings(), RerankSettings()
@@ -185,7 +338,6 @@ def main() -> int:
             f"{r['top20_s']:.0f} | {r['publish_s']:.0f} | {r['wall_s']:.0f} | "
             f"{r['peak_gib']:.2f} | {r['recall']:.4f} |"
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -186,11 +186,9 @@ class Stack:
             shutil.chown(self.pg_data, "postgres", "postgres")
         else:
             self.pg_data = str(self.root / "pg")
-        log = self.root / "logs" / "postgres.log"
-        log.touch()
-        if os.geteuid() == 0:
-            shutil.chown(log, "postgres", "postgres")
-        subprocess.run(
+        # In its own directory: the server's user may not be able to write under self.root.
+        log = Path(self.pg_data) / "postgres.log"
+        _run(
             [
                 *self._as_pg_user(),
                 _pg_bin("initdb"),
@@ -201,19 +199,19 @@ class Stack:
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
+            ]
         )
         options = (
             f"-p {self.pg_port} -c listen_addresses=127.0.0.1 -k {self.pg_data} "
             "-c fsync=off -c max_connections=200"
         )
-        subprocess.run(
-            [*self._as_pg_user(), _pg_bin("pg_ctl"), "-D", self.pg_data, "-o", options]
-            + ["-l", str(log), "-w", "-t", "60", "start"],
-            check=True,
-            capture_output=True,
+        _run(
+            [
+                *self._as_pg_user(),
+                _pg_bin("pg_ctl"),
+                *("-D", self.pg_data, "-o", options, "-l", str(log)),
+                *("-w", "-t", "60", "start"),
+            ]
         )
         import psycopg2
 
@@ -371,6 +369,14 @@ def run_deployment(stack: Stack, name: str, parameters: dict, timeout: float = 6
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -401,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path(".stack"), help="state and logs")
     args = parser.parse_args(argv)
     if args.command == "up":
-        stack = Stack(args.dir).up()
+        Stack(args.dir).up()
         print(f"stack up; `source {args.dir / 'env'}` to use it:", file=sys.stderr)
         print((args.dir / "env").read_text())
     else:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from prefect import flow
 from prefect.runtime import flow_run
 
 from tailor.settings import RunnerSettings, Settings, load_settings
@@ -81,9 +82,39 @@ def tracked_run(settings: Settings, experiment: str, flow: str) -> Iterator[Trac
     finish_run(client, run_id, ok=True)
 
 
-def embedding_of(state):
+def runs_in_parallel(runner: RunnerSettings) -> bool:
+    return runner.kind == "dask" or runner.workers > 1
+
+
+@flow(name="embed-shards")
+def embed_shards(plan, settings: Settings) -> int:
+    """Every shard of new texts as its own task, in parallel on the flow's task runner."""
+    from tasks.embed import embed_shard
+
+    futures = [embed_shard.submit(plan, i, settings) for i in range(plan.n_shards)]
+    return sum(future.result() for future in futures)
+
+
+def embed_in_shards(items_path: Path, settings: Settings, work_dir: Path) -> int:
+    """With a parallel runner and more new texts than `embed.shard_texts`, encode them in shards
+    across the runner's workers first (into the embedding cache); how many were encoded.
+    Otherwise nothing: the embed task encodes them in one pass, as on a laptop."""
+    from tasks.embed import plan_embedding
+
+    if not runs_in_parallel(settings.runner):
+        return 0
+    plan = plan_embedding(items_path, settings, work_dir)
+    if plan.n_shards <= 1:
+        return 0
+    runner = task_runner_for(settings.runner)
+    return embed_shards.with_options(task_runner=runner)(plan, settings)
+
+
+def embedding_of(state, sharded: int = 0):
     """The embed task's result; a cache hit means the encoder did not run in this flow run."""
     embedded = state.result()
     if state.name == "Cached":
         return replace(embedded, n_embedded=0, n_reused=embedded.n_embedded + embedded.n_reused)
+    if sharded:  # encoded by the shards just before, found in the cache by the task
+        return replace(embedded, n_embedded=sharded, n_reused=embedded.n_reused - sharded)
     return embedded

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.common import embedding_of, resolve_settings, tracked_run
+from flows.common import embed_in_shards, embedding_of, resolve_settings, tracked_run
 from tailor.settings import Settings
 from tailor.stages.register import lineage_of
 from tailor.stages.train import PRODUCTION_RUN
@@ -52,7 +52,8 @@ def train(
         # The bundle's settings name the encoder actually used (a tuned one, if any), so the
         # service embeds queries and new items into the same space.
         encoded = tune_encoder(prepared, settings)
-        embedded = embedding_of(embed_items(prepared.items, encoded, return_state=True))
+        sharded = embed_in_shards(prepared.items, encoded, out / "embedding")
+        embedded = embedding_of(embed_items(prepared.items, encoded, return_state=True), sharded)
         run.log(embedded)
         vectors = embedded.vectors
 

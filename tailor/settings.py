@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -58,6 +58,15 @@ class SyntheticSettings(_Section):
     )
 
 
+def _as_location(value: Any) -> Any:
+    # A URL must stay a string: Path("s3://b/k") would collapse it to "s3:/b/k".
+    return str(value) if isinstance(value, Path) else value
+
+
+# A local path or an object-store URL (s3://bucket/key; endpoint and keys from AWS_* variables).
+Location = Annotated[str, BeforeValidator(_as_location)]
+
+
 class DataSettings(_Section):
     """Where the data comes from and how item text is made."""
 
@@ -65,12 +74,16 @@ class DataSettings(_Section):
         "movielens-100k",
         description="Built-in MovieLens-100K, the seeded synthetic generator, or your own files.",
     )
-    interactions_path: Path | None = Field(
-        None, description="CSV or Parquet of events (source=files)."
+    interactions_path: Location | None = Field(
+        None, description="CSV or Parquet of events (source=files): a path or an s3:// URL."
     )
-    items_path: Path | None = Field(None, description="CSV or Parquet of items (source=files).")
-    users_path: Path | None = Field(None, description="Optional CSV or Parquet of user profiles.")
-    item_vectors_path: Path | None = Field(
+    items_path: Location | None = Field(
+        None, description="CSV or Parquet of items (source=files): a path or an s3:// URL."
+    )
+    users_path: Location | None = Field(
+        None, description="Optional CSV or Parquet of user profiles: a path or an s3:// URL."
+    )
+    item_vectors_path: Location | None = Field(
         None,
         description="Parquet of item id + vector made elsewhere; replaces the built-in encoder.",
     )
@@ -145,6 +158,13 @@ class EmbedSettings(_Section):
         "float32", description="bfloat16 is ~2x faster on CPUs with AVX512-BF16, cos >= 0.9998."
     )
     tuning: EncoderTuningSettings = Field(default_factory=EncoderTuningSettings)
+    shard_texts: int = Field(
+        20_000,
+        ge=1,
+        description="With a parallel runner (runner.kind = dask, or threads with workers > 1): "
+        "new texts per shard, each shard one task encoding on a worker that loads the encoder "
+        "once. Fewer new texts than this are encoded in one pass.",
+    )
 
 
 class IndexSettings(_Section):

@@ -44,3 +44,15 @@ def tune_encoder(prepared: PreparedData, settings: Settings) -> Settings:
     if tuned.embed.model != settings.embed.model:
         get_run_logger().info("item texts will be read by the tuned encoder %s", tuned.embed.model)
     return tuned
+
+
+@stage_task()
+def plan_embedding(items_path: Path, settings: Settings, work_dir: Path) -> stage.EmbedPlan:
+    """The item texts the cache lacks, in shards."""
+    return stage.plan_embedding(items_path, settings, work_dir)
+
+
+@stage_task(task_run_name="embed-shard-{shard}")
+def embed_shard(plan: stage.EmbedPlan, shard: int, settings: Settings) -> int:
+    """One shard of new texts through the encoder, into the cache."""
+    return stage.embed_shard(plan, shard, settings)

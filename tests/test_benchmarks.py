@@ -36,6 +36,8 @@ def test_scale_benchmark_prints_its_table_and_finds_the_exact_lists(tmp_path):
             "1000,3000",
             "--items",
             "60000",
+            "--events",
+            "300000",
             "--workdir",
             str(tmp_path),
         ],
@@ -52,3 +54,9 @@ def test_scale_benchmark_prints_its_table_and_finds_the_exact_lists(tmp_path):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2].startswith("ivf")  # 60,000 items: past the exact limit
         assert float(cells[-1]) >= 0.95  # tuned to the target: the lists match exact search
+    cleaning = [
+        line for line in done.stdout.splitlines() if line.startswith("| in user partitions")
+    ]
+    cells = [c.strip() for c in cleaning[0].strip("|").split("|")]
+    assert cells[1] == "300,000"
+    assert 0.97 * 300_000 < int(cells[3].replace(",", "")) < 300_000  # the 1 % defects rejected

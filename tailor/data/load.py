@@ -10,7 +10,7 @@ import polars as pl
 from tailor import columns as C
 from tailor.data.clean import CleanData, clean_all
 from tailor.data.livelog import LiveLog
-from tailor.data.sources import DataError, load_raw
+from tailor.data.sources import DataError, is_remote, load_raw, storage_options
 from tailor.settings import DataSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -21,10 +21,14 @@ def read_item_vectors(data: DataSettings) -> pl.DataFrame | None:
     path = data.item_vectors_path
     if path is None:
         return None
-    path = Path(path)
-    if not path.is_file():
+    if not is_remote(path) and not Path(path).is_file():
         raise DataError(f"item vectors file {path} does not exist (setting data.item_vectors_path)")
-    frame = pl.read_parquet(path)
+    try:
+        frame = pl.read_parquet(
+            path, storage_options=storage_options() if is_remote(path) else None
+        )
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"item vectors file {path} could not be read: {exc}") from exc
     cols = data.columns
     for name, setting in ((cols.item_id, "item_id"), (cols.vector, "vector")):
         if name not in frame.columns:

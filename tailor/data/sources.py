@@ -18,7 +18,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import polars as pl
@@ -404,22 +404,47 @@ def _as_text(frame: pl.DataFrame, path: Path, what: str) -> pl.DataFrame:
         raise DataError(f"{what} file {path}: could not read its columns as text: {exc}") from exc
 
 
-def read_table(path: Path, what: str) -> pl.DataFrame:
-    """A CSV (.csv), TSV (.tsv, .tab) or Parquet (.parquet, .pq) file with every column as Utf8."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file {path} does not exist")
-    suffix = path.suffix.lower()
+def is_remote(location: str | Path) -> bool:
+    """An object-store URL (s3://...), not a local path."""
+    return str(location).startswith("s3://")
+
+
+def storage_options() -> dict[str, str] | None:
+    """How polars reaches S3: the endpoint of an S3-compatible server (MinIO, an emulator) from
+    AWS_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL; keys and region from the usual AWS variables."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    if not endpoint:
+        return None
+    options = {"aws_endpoint_url": endpoint}
+    if endpoint.startswith("http://"):
+        options["aws_allow_http"] = "true"
+    options["aws_region"] = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return options
+
+
+def read_table(path: str | Path, what: str) -> pl.DataFrame:
+    """A CSV (.csv), TSV (.tsv, .tab) or Parquet (.parquet, .pq) file with every column as Utf8;
+    a local path or an s3:// URL."""
+    remote = is_remote(path)
+    if not remote:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{what} file {path} does not exist")
+    suffix = PurePosixPath(str(path)).suffix.lower()
+    options = storage_options() if remote else None
     try:
         if suffix in (".csv", ".tsv", ".tab"):
             frame = pl.read_csv(
-                path, separator="," if suffix == ".csv" else "\t", infer_schema_length=0
+                path,
+                separator="," if suffix == ".csv" else "\t",
+                infer_schema_length=0,
+                storage_options=options,
             )
         elif suffix in (".parquet", ".pq"):
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(path, storage_options=options)
         else:
             raise DataError(
-                f"{what} file {path} has an unknown suffix {path.suffix!r}; "
+                f"{what} file {path} has an unknown suffix {suffix!r}; "
                 "expected .csv, .tsv, .tab, .parquet or .pq"
             )
     except DataError:

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import polars as pl
 
 from tailor import columns as C
 from tailor.data.load import read_item_vectors
-from tailor.models.encoder import EmbeddingCache, LazyEncoder, embed_texts
+from tailor.models.encoder import EmbeddingCache, LazyEncoder, embed_texts, encoder_id, text_key
 from tailor.models.encoder_tuning import tune_encoder_weights
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, load_histories
@@ -44,6 +45,58 @@ def item_texts_key(items_path: Path, settings: Settings) -> str:
         digest.update(text.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """The texts the cache lacks, cut into shards of `shard_texts` for parallel encoding."""
+
+    texts: Path  # Parquet of one column, C.TEXT: every missing text once
+    n_missing: int
+    shard_texts: int
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_missing // self.shard_texts)
+
+
+def plan_embedding(items_path: Path, settings: Settings, work_dir: Path) -> EmbedPlan:
+    """Which item texts still need the encoder (none when vectors come from a file)."""
+    missing: list[str] = []
+    if read_item_vectors(settings.data) is None:
+        texts = pl.read_parquet(items_path, columns=[C.TEXT])[C.TEXT].to_list()
+        cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder_id(settings.embed))
+        by_key = {text_key(t): t for t in texts}
+        found = cache.get(list(by_key))
+        missing = [t for k, t in by_key.items() if k not in found]
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "texts_to_embed.parquet"
+    pl.DataFrame({C.TEXT: missing}, schema={C.TEXT: pl.Utf8}).write_parquet(path)
+    plan = EmbedPlan(path, len(missing), settings.embed.shard_texts)
+    log.info("%d item texts to embed, in %d shards", plan.n_missing, plan.n_shards)
+    return plan
+
+
+_ENCODERS: dict[str, LazyEncoder] = {}
+_ENCODERS_LOCK = threading.Lock()
+
+
+def embed_shard(plan: EmbedPlan, shard: int, settings: Settings) -> int:
+    """Encode one shard of the plan into the embedding cache (its own cache file, so shards on
+    several workers never collide); returns how many texts it encoded. The encoder is loaded
+    once per process. A rerun encodes only what the cache still lacks."""
+    start = shard * plan.shard_texts
+    texts = pl.read_parquet(plan.texts)[C.TEXT].slice(start, plan.shard_texts).to_list()
+    key = settings.embed.model_dump_json()
+    with _ENCODERS_LOCK:
+        encoder = _ENCODERS.setdefault(key, LazyEncoder(settings.embed))
+    cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder.model_id)
+    result = embed_texts(texts, encoder, cache, progress=False)
+    log.info(
+        "shard %d: embedded %d texts, %d already cached", shard, result.n_embedded, result.n_reused
+    )
+    return result.n_embedded
 
 
 def tune_encoder(prepared: PreparedData, settings: Settings, progress: bool = True) -> Settings:
