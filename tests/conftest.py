@@ -17,7 +17,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-for _key in [k for k in os.environ if k.startswith("TAILOR_")]:
+# (TAILOR_TEST_* are the tests' own: where a test database is, for instance.)
+for _key in [k for k in os.environ if k.startswith("TAILOR_") and not k.startswith("TAILOR_TEST_")]:
     del os.environ[_key]  # a developer's own settings must not leak into the tests
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
@@ -110,3 +111,21 @@ def train_tiny_bundle(settings: Settings, root: Path):
     )
     folder = bundle_model(prepared, embedded.vectors, trained.model_dir, index.path, settings, root)
     return prepared, embedded, trained, folder
+
+
+def wait_ready(proc, url: str, timeout: float = 300, poll: float = 0.2):
+    """Wait until the child process `proc` answers 200 at `url` (a service's /ready); fail if
+    it exits first or never does."""
+    import contextlib
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, "the service exited"
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc
+        assert time.monotonic() < deadline, "the service never became ready"
+        time.sleep(poll)

@@ -36,7 +36,7 @@ from tailor.data.load import load_clean
 from tailor.data.sources import DataError, generate_synthetic
 from tailor.serving.store import RecommendationStore, StoreError
 from tailor.tracking.runs import client_for
-from tests.conftest import tiny_settings
+from tests.conftest import tiny_settings, wait_ready
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("prefect_harness")]
 
@@ -382,17 +382,7 @@ def cli_work(tmp_path_factory, mlflow_template) -> Path:
 
 
 def _serve(config: Path, work: Path, port: int) -> subprocess.Popen:
-    import httpx
-
-    proc = _cli(config, work, "serve")
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, "the service exited"
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        assert time.monotonic() < deadline, "the service never became ready"
-        time.sleep(0.2)
+    return wait_ready(_cli(config, work, "serve"), f"http://127.0.0.1:{port}/ready")
 
 
 def test_kill_9_of_the_refresh_at_seeded_points_keeps_complete_lists(cli_work, tmp_path):

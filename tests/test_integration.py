@@ -19,6 +19,7 @@ import pytest
 
 from deployments.stack import BUCKET, Stack, free_port, run_deployment
 from tailor import columns as C
+from tests.conftest import wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -203,8 +204,6 @@ def test_block_sharded_search_at_full_depth_equals_exact_search(stack, trained):
 
 
 def _serve(config: Path, stack, port: int) -> subprocess.Popen:
-    import httpx
-
     cmd = [sys.executable, "-m", "tailor.cli", "serve", "--config", str(config)]
     proc = subprocess.Popen(
         [*cmd, "--port", str(port)],
@@ -213,14 +212,7 @@ def _serve(config: Path, stack, port: int) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, "the service exited"
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        assert time.monotonic() < deadline, "the service never became ready"
-        time.sleep(0.5)
+    return wait_ready(proc, f"http://127.0.0.1:{port}/ready", poll=0.5)
 
 
 def test_two_services_on_one_postgresql_store_give_the_same_answers(stack, trained):
@@ -324,3 +316,30 @@ def test_data_roots_may_be_s3_urls(stack, tmp_path):
         assert (remote.n_users, remote.n_items) == (here.n_users, here.n_items)
         with pytest.raises(DataError, match=rf"s3://{BUCKET}/nowhere/events\.csv could not be"):
             prepared(f"s3://{BUCKET}/nowhere", tmp_path / "w3")
+
+
+def test_the_store_suite_passes_on_postgresql(stack):
+    """tests/test_store.py (atomic publish, reads during a publish, races, cleanup) against
+    the stack's PostgreSQL, in a database of its own."""
+    import re
+
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=stack.pg_port, user="tailor", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE store_tests")
+    conn.close()
+    env = {**os.environ, "TAILOR_TEST_POSTGRES_URL": stack.pg_url("store_tests")}
+    pytest_args = ["-q", "-p", "no:cacheprovider", "tests/test_store.py", "-k", "postgresql"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *pytest_args],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    passed = int(re.search(r"(\d+) passed", done.stdout).group(1))
+    assert passed >= 15

@@ -99,7 +99,12 @@ _RECS = Table(
     PrimaryKeyConstraint(_BATCH_ID, C.USER_ID, C.RANK, name="pk_recommendations"),
     # Clustered on the key: no separate rowid table, so ~20% smaller and faster to fill.
     sqlite_with_rowid=False,
+    # One partition per batch on PostgreSQL: a refresh fills its own table, and removing an
+    # old batch is dropping a table, not deleting (and later vacuuming) millions of rows.
+    postgresql_partition_by=f"LIST ({_BATCH_ID})",
 )
+# Readers waiting on a dropped partition's lock would queue behind it: give up and retry later.
+_DROP_LOCK_TIMEOUT = "2s"
 
 _INPUT_COLUMNS = (C.USER_ID, C.ITEM_ID, C.RANK, C.SCORE, C.REASON_TEXT, C.LABEL)
 _REQUIRED_VALUES = (C.USER_ID, C.ITEM_ID, C.RANK, C.SCORE)
@@ -141,6 +146,7 @@ class RecommendationStore:
     def __init__(self, url: str) -> None:
         self._url = make_url(url)
         self._engine: Engine | None = None
+        self._is_partitioned: bool | None = None
         # Readers in a web service may hit a fresh store from several threads at once.
         self._engine_lock = threading.Lock()
 
@@ -215,6 +221,12 @@ class RecommendationStore:
                         extra=extra_json,
                     )
                 )
+            if self._partitioned(engine):
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        f"CREATE TABLE {_partition(batch_id)} PARTITION OF {_RECS.name} "
+                        f"FOR VALUES IN ('{batch_id}')"
+                    )
             with engine.connect() as conn:
                 last_user: str | None = None
                 for part in parts:
@@ -319,12 +331,31 @@ class RecommendationStore:
                 .all()
             )
         # Every dead batch, not just the one retired now, so a cleanup that failed last time is
-        # finished here; an already-empty batch costs one index probe.
+        # finished here; an already-empty batch costs one index probe (or one DROP IF EXISTS).
+        partitioned = self._partitioned(engine)
         for batch_id in dead:
             with engine.begin() as conn:
+                if partitioned:
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_DROP_LOCK_TIMEOUT}'")
+                    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_partition(batch_id)}")
+                    continue
                 gone = conn.execute(delete(_RECS).where(_RECS.c.batch_id == batch_id)).rowcount
             if gone:
                 _log.info("removed %d rows of old batch %s", gone, batch_id)
+
+    def _partitioned(self, engine: Engine) -> bool:
+        """Whether the recommendations table is partitioned by batch (PostgreSQL, made by this
+        version; a table made before partitioning keeps working by DELETE)."""
+        if self._is_partitioned is None:
+            self._is_partitioned = False
+            if engine.dialect.name == "postgresql":
+                with engine.connect() as conn:
+                    kind = conn.exec_driver_sql(
+                        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%(name)s)",
+                        {"name": _RECS.name},
+                    ).scalar()
+                self._is_partitioned = kind == "p"
+        return self._is_partitioned
 
     # reading
 
@@ -397,6 +428,7 @@ class RecommendationStore:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+            self._is_partitioned = None
 
     # plumbing
 
@@ -449,6 +481,12 @@ def _configure_sqlite(dbapi_conn: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _partition(batch_id: str) -> str:
+    if not batch_id.isalnum():  # batch ids are uuid hex; never let anything else into DDL
+        raise StoreError(f"invalid batch id {batch_id!r}")
+    return f"{_RECS.name}_{batch_id}"
+
+
 def _read_part(part: pl.DataFrame | Path) -> pl.DataFrame:
     if isinstance(part, pl.DataFrame):
         return part
@@ -469,6 +507,14 @@ def _copy_chunk(conn: Connection, chunk: pl.DataFrame) -> None:
         cursor.copy_expert(
             f"COPY {_RECS.name} ({', '.join(order)}) FROM STDIN WITH (FORMAT csv)", buffer
         )
+    except conn.dialect.loaded_dbapi.Error as e:
+        if "no partition" in str(e):
+            # A later refresh took this one for crashed and dropped its partition.
+            raise StoreError(
+                f"batch {chunk[_BATCH_ID][0]} is no longer being written (a concurrent refresh "
+                "marked it failed and removed its rows); nothing was published"
+            ) from e
+        raise StoreError(f"could not COPY recommendations: {e}") from e
     finally:
         cursor.close()
 
