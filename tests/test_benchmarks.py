@@ -60,3 +60,24 @@ def test_scale_benchmark_prints_its_table_and_finds_the_exact_lists(tmp_path):
     cells = [c.strip() for c in cleaning[0].strip("|").split("|")]
     assert cells[1] == "300,000"
     assert 0.97 * 300_000 < int(cells[3].replace(",", "")) < 300_000  # the 1 % defects rejected
+
+
+def test_epoch_profile_prints_where_the_time_goes(tmp_path):
+    options = ["--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/profile_epoch.py", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
+    for part in ("backward", "forward (encoder)", "softmax losses", "validation pass"):
+        assert part in rows, part
+    share = float(rows["backward"].split("|")[3].strip().rstrip("%"))
+    assert 0 < share < 100
