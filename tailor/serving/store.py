@@ -179,8 +179,8 @@ class RecommendationStore:
         the next successful publish. Cleanup after the switch never undoes it: a failure there is
         logged and retried by the next publish.
         """
-        _prepare(recs)  # refuse bad input before anything is written
-        return self.publish_parts([recs], model_version, chunk_rows, extra)
+        # Checked and sorted once, here, so bad input is refused before anything is written.
+        return self._publish([_prepare(recs)], model_version, chunk_rows, extra)
 
     def publish_parts(
         self,
@@ -194,6 +194,17 @@ class RecommendationStore:
 
         Each user's list must sit in one part; a user found in two parts fails the publish.
         """
+        prepared = (_prepare(_read_part(part)) for part in parts)
+        return self._publish(prepared, model_version, chunk_rows, extra)
+
+    def _publish(
+        self,
+        frames: Iterable[pl.DataFrame],
+        model_version: str,
+        chunk_rows: int,
+        extra: dict[str, Any] | None,
+    ) -> BatchInfo:
+        """Frames already checked and sorted by `_prepare`, written as one batch."""
         if not isinstance(model_version, str) or not model_version.strip():
             raise StoreError("model_version must be a non-empty string")
         if chunk_rows < 1:
@@ -229,8 +240,7 @@ class RecommendationStore:
                     )
             with engine.connect() as conn:
                 last_user: str | None = None
-                for part in parts:
-                    frame = _prepare(_read_part(part))
+                for frame in frames:
                     # Parts are sorted by user; users of one part all sort after the last one's
                     # (blocks are ranges of sorted ids), so a user split over two parts shows.
                     first = frame[C.USER_ID][0]
