@@ -44,6 +44,39 @@ def tiny_settings(workdir: Path, **overrides) -> Settings:
     return load_settings(**base)
 
 
+# The tiny settings of a CLI or worker child process (600 users: enough for real blocks).
+CHILD_RUN: dict = {
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_users": 600, "n_items": 80, "n_topics": 4, "events_per_user": 12},
+    },
+    "train": {"epochs": 1, "dim": 16, "layers": 1, "heads": 2, "max_len": 10, "batch_size": 32},
+}
+
+
+def write_toml(path: Path, settings: dict) -> Path:
+    """Settings as a TOML file for a child process: top-level values, then one table per
+    section (nested sections as dotted tables). Values are written as JSON, which TOML reads
+    for the strings, numbers, booleans and lists used here."""
+    import json
+
+    lines: list[str] = []
+
+    def table(name: str, values: dict) -> None:
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict))
+        for k, v in values.items():
+            if isinstance(v, dict):
+                table(f"{name}.{k}", v)
+
+    lines.extend(f"{k} = {json.dumps(v)}" for k, v in settings.items() if not isinstance(v, dict))
+    for name, values in settings.items():
+        if isinstance(values, dict):
+            table(name, values)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def mlflow_template() -> Path:
     """Migrating a fresh MLflow SQLite store costs seconds: do it once, copy per test."""

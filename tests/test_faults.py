@@ -4,7 +4,6 @@ was lost (the answer must be nothing). README's fault table has one row per test
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,7 @@ from tailor.data.load import load_clean
 from tailor.data.sources import DataError, generate_synthetic
 from tailor.serving.store import RecommendationStore, StoreError
 from tailor.tracking.runs import client_for
-from tests.conftest import tiny_settings, wait_ready
+from tests.conftest import CHILD_RUN, tiny_settings, wait_ready, write_toml
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("prefect_harness")]
 
@@ -301,31 +300,14 @@ KILL_POINTS = 10
 
 def _config(workdir, path, **serve) -> Path:
     """The tiny settings as a TOML file, for the CLI in a child process."""
-    lines = [
-        "[data]",
-        'source = "synthetic"',
-        "[data.synthetic]",
-        "n_users = 600",
-        "n_items = 80",
-        "n_topics = 4",
-        "events_per_user = 12",
-        "[train]",
-        "epochs = 1",
-        "dim = 16",
-        "layers = 1",
-        "heads = 2",
-        "max_len = 10",
-        "batch_size = 32",
-        "[refresh]",
-        "k = 20",
-        "chunk_rows = 200",
-        "[serve]",
-        "poll_seconds = 0",
-        'profile_fields = ["interests"]',
-        *(f"{k} = {json.dumps(v)}" for k, v in serve.items()),
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_toml(
+        path,
+        {
+            **CHILD_RUN,
+            "refresh": {"k": 20, "chunk_rows": 200},
+            "serve": {"poll_seconds": 0, "profile_fields": ["interests"], **serve},
+        },
+    )
 
 
 def _child_env() -> dict[str, str]:

@@ -19,7 +19,7 @@ import pytest
 
 from deployments.stack import BUCKET, Stack, free_port, run_deployment
 from tailor import columns as C
-from tests.conftest import wait_ready
+from tests.conftest import CHILD_RUN, wait_ready, write_toml
 
 pytestmark = pytest.mark.integration
 
@@ -27,43 +27,20 @@ N_USERS = 600
 N_BLOCKS = 4
 
 
-def _config(path: Path, workdir: Path, k: int, **sections: dict) -> Path:
-    lines = [
-        f'workdir = "{workdir}"',
-        "[data]",
-        'source = "synthetic"',
-        "[data.synthetic]",
-        f"n_users = {N_USERS}",
-        "n_items = 80",
-        "n_topics = 4",
-        "events_per_user = 12",
-        "[train]",
-        "epochs = 1",
-        "dim = 16",
-        "layers = 1",
-        "heads = 2",
-        "max_len = 10",
-        "batch_size = 32",
-        # An approximate index tuned to full recall: its lists must equal exact search's.
-        "[embed]",
-        "shard_texts = 30",  # 80 item texts: 3 shards on the Dask workers
-        "[index]",
-        'kind = "ivf"',
-        "target_recall = 1.0",
-        "[refresh]",
-        f"k = {k}",
-        f"block_users = {N_USERS // N_BLOCKS}",
-        "[runner]",
-        'kind = "dask"',
-        "workers = 2",
-        "[serve]",
-        "poll_seconds = 0",
-    ]
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {value!r}".replace("'", '"') for key, value in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def _config(path: Path, workdir: Path, k: int) -> Path:
+    return write_toml(
+        path,
+        {
+            "workdir": str(workdir),
+            **CHILD_RUN,
+            "embed": {"shard_texts": 30},  # 80 item texts: 3 shards on the Dask workers
+            # An approximate index tuned to full recall: its lists must equal exact search's.
+            "index": {"kind": "ivf", "target_recall": 1.0},
+            "refresh": {"k": k, "block_users": N_USERS // N_BLOCKS},
+            "runner": {"kind": "dask", "workers": 2},
+            "serve": {"poll_seconds": 0},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
