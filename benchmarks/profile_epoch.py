@@ -56,7 +56,7 @@ def main() -> int:
     net = model.net
     wrapped = {
         "forward (encoder)": (net, "encode"),
-        "softmax losses": (model, "_softmax_loss"),
+        "softmax losses": (model, "_softmax_losses"),
         "item matrix": (net, "item_matrix"),
     }
     for label, (owner, name) in wrapped.items():

@@ -14,7 +14,15 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -220,7 +228,7 @@ class TrainSettings(_Section):
     layers: int = Field(2, ge=1, description="Transformer blocks (GRU layers with `gru`).")
     heads: int = Field(2, ge=1, description="Attention heads.")
     max_len: int = Field(50, ge=2, description="Events of history the model reads.")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout in blocks and inputs.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in blocks and inputs.")
     sequence: Literal["transformer", "gru"] = Field(
         "transformer",
         description="What reads a history: causal self-attention (SASRec-style) or a GRU "
@@ -248,7 +256,7 @@ class TrainSettings(_Section):
         "text part alone must rank them (what new items have).",
     )
     text_view_weight: float = Field(
-        0.3,
+        0.6,
         ge=0.0,
         description="Weight of a second softmax loss on the text view alone (adapter(text), "
         "no id); > 0 also scores items without training events by that view, calibrated "
@@ -260,12 +268,12 @@ class TrainSettings(_Section):
         description="Items with no training event get the similarity-weighted id embedding of "
         "this many text-nearest trained items (0 = text part only).",
     )
-    epochs: int = Field(40, ge=1, description="Most passes over the training sequences.")
+    epochs: int = Field(12, ge=1, description="Most passes over the training sequences.")
     patience: int | None = Field(
-        5, ge=1, description="Stop after this many epochs without a better validation score."
+        None, ge=1, description="Stop after this many epochs without a better validation score."
     )
-    batch_size: int = Field(128, ge=1, description="Sequences per step.")
-    learning_rate: float = Field(4e-3, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(32, ge=1, description="Sequences per step.")
+    learning_rate: float = Field(3e-3, gt=0, description="AdamW (peak) learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     popularity_correction: float = Field(
         0.0,
@@ -279,13 +287,56 @@ class TrainSettings(_Section):
         "best number of epochs; the refit model is evaluated on test. The production fit (what "
         "is served) trains on every event for the same number of epochs either way.",
     )
+    refit_epochs: int | None = Field(
+        2,
+        ge=1,
+        description="With refit: None = refit from scratch for the best number of epochs; n = "
+        "warm-start the refit from the early-stopped model and train n more epochs (and the "
+        "production fit from the evaluated members, on every event, for n epochs).",
+    )
+    refit_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of a warm refit (None = learning_rate): a trained "
+        "model only has the added events to learn, so a smaller step keeps what it knows.",
+    )
     ensemble: bool = Field(
         True,
         description="With refit, evaluate the mean of the early-stopped model and its refit "
         "(steadier than either alone); the production fit is then the mean of two members "
         "trained on every event with seeds seed and seed + 1.",
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default.")
+    schedule: Literal["constant", "one-cycle"] = Field(
+        "one-cycle",
+        description="Learning rate over the fit: one-cycle = linear warm-up over the first "
+        "`warmup` share of steps to learning_rate, then a cosine down to 0 at the last epoch "
+        "(the best epoch comes within a short budget); constant = learning_rate throughout.",
+    )
+    warmup: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the steps the one-cycle schedule warms up in."
+    )
+    keep: Literal["best", "last"] = Field(
+        "last",
+        description="The weights a fit with validation ends with: last = the end of the "
+        "schedule (one-cycle is built to end at its best; validation then reports and can stop "
+        "early with `patience`), best = the best validated epoch's.",
+    )
+    valid_every: int = Field(
+        1,
+        ge=1,
+        description="Run the validation pass every this many epochs (and after the last); "
+        "early stopping and the kept best epoch only see those epochs.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="auto = bf16 autocast where the device computes bf16 natively (CUDA with "
+        "bf16, CPUs with AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is slower).",
+    )
+    threads: PositiveInt | Literal["auto"] | None = Field(
+        "auto",
+        description="torch CPU threads: auto = the cores idle when the fit starts (more "
+        "threads than free cores makes every step wait on the slowest); None = torch default.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
 
     @model_validator(mode="after")
@@ -709,6 +760,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "data": {"source": "synthetic"},
         "train": {"epochs": 3, "dim": 32, "layers": 1, "max_len": 20},
+    },
+    # The training recipe before the one-cycle default (2026-11): up to 40 epochs at a constant
+    # learning rate, early-stopped, refit from scratch. For comparisons (benchmarks/train_speed.py).
+    "early-stopped": {
+        "train": {
+            "epochs": 40,
+            "patience": 5,
+            "batch_size": 128,
+            "learning_rate": 4e-3,
+            "dropout": 0.2,
+            "schedule": "constant",
+            "valid_every": 1,
+            "refit_epochs": None,
+            "refit_learning_rate": None,
+            "keep": "best",
+            "threads": None,
+            "precision": "fp32",
+            "text_view_weight": 0.3,
+        }
     },
     # A GPU box: wider model, more epochs, bf16 encoding.
     "gpu": {

@@ -13,14 +13,20 @@ from tasks.common import stage_task
 def train_recommender(
     prepared: PreparedData, vectors_path: Path, settings: Settings, out_dir: Path
 ) -> Trained:
-    """The evaluation fit: train events, best validation epoch, refit on train + validation."""
+    """The evaluation fit: train events, validated per epoch, refit on train + validation."""
     result = stage.train_recommender(prepared, vectors_path, settings, out_dir)
+    scores = result.valid_scores
     get_run_logger().info(
-        "trained %d epochs in %.1f s; best epoch %d (valid NDCG@10 %s)",
+        "trained %d epochs in %.1f s; kept epoch %d (valid NDCG@10 %s; best %s)",
         len(result.losses),
         result.seconds,
         result.best_epoch,
-        f"{max(result.valid_scores):.4f}" if result.valid_scores else "n/a",
+        f"{scores[result.valid_epochs.index(result.best_epoch)]:.4f}"
+        if result.best_epoch in result.valid_epochs
+        else "n/a",
+        f"{max(scores):.4f} at epoch {result.valid_epochs[scores.index(max(scores))]}"
+        if scores
+        else "n/a",
     )
     return result
 

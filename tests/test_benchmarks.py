@@ -81,3 +81,29 @@ def test_epoch_profile_prints_where_the_time_goes(tmp_path):
         assert part in rows, part
     share = float(rows["backward"].split("|")[3].strip().rstrip("%"))
     assert 0 < share < 100
+
+
+def test_train_speed_benchmark_compares_the_two_recipes(tmp_path):
+    # Two epochs for the old recipe keep it quick; the comparison's shape is what is tested.
+    options = ["--preset", "tiny", "--workdir", str(tmp_path), "--resamples", "50"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/train_speed.py", *options, "--old-epochs", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
+    timing = {cells[0]: cells for cells in lines if len(cells) == 12}
+    old, new = timing["old (early-stopped)"], timing["new default"]
+    assert old[6] == "1.0x" and float(new[6].rstrip("x")) > 0
+    assert float(new[5]) > 0 and float(old[5]) > 0  # fine-tune seconds
+    assert all(0 <= float(v) <= 1 for v in new[8:12])  # the four test metrics
+    differences = [cells for cells in lines if len(cells) == 5 and cells[0] == "new default"]
+    assert len(differences) == 1
+    assert all(cell.count("[") == 1 for cell in differences[0][1:])  # each with its interval

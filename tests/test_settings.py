@@ -44,4 +44,4 @@ def test_bad_values_are_named():
 
 def test_flat_settings_for_mlflow_params():
     flat = Settings().flat()
-    assert flat["train.epochs"] == 40 and flat["embed.model"] == "all-MiniLM-L6-v2"
+    assert flat["train.epochs"] == 12 and flat["embed.model"] == "all-MiniLM-L6-v2"

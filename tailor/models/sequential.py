@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tailor.models.encoder import pick_device
+from tailor.models.hardware import free_cores, native_bf16
 from tailor.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -196,12 +197,34 @@ def make_training_windows(
     return padded, target_ok
 
 
+def learning_rate_shape(schedule: str, warmup: float, total_steps: int) -> Callable[[int], float]:
+    """The learning rate's multiplier at each step: 1 throughout (`constant`), or a linear
+    warm-up over the first `warmup` share of the steps and a cosine down to 0 at the last
+    (`one-cycle`: large early steps find the basin fast, small late ones settle in it, so the
+    best epoch is the last one of a short budget)."""
+    if schedule == "constant":
+        return lambda step: 1.0
+    warm = max(1, round(warmup * total_steps))
+
+    def shape(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return shape
+
+
 @dataclass
 class FitReport:
     losses: list[float]  # mean training loss per epoch
-    valid_scores: list[float]  # the validation callback's value per epoch (empty without one)
+    valid_scores: list[float]  # the validation callback's value per validated epoch
     best_epoch: int  # 1-based epoch whose weights were kept
     seconds: float
+    valid_epochs: list[int] = field(default_factory=list)  # the epochs of `valid_scores`
+    # torch threads the fit ran on: sums reduce in another order on another count, so runs
+    # agree to the last digit only at the same count (`train.threads = auto` follows the load).
+    threads: int = 0
 
 
 class SeqRecommender:
@@ -262,8 +285,10 @@ class SeqRecommender:
     ) -> FitReport:
         started = time.perf_counter()
         s = self.settings
-        if s.threads is not None:
-            torch.set_num_threads(s.threads)
+        threads = free_cores() if s.threads == "auto" else s.threads
+        if threads is not None:
+            torch.set_num_threads(threads)
+        bf16 = s.precision == "bf16" or (s.precision == "auto" and native_bf16(self.device))
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         windows, target_ok = make_training_windows(histories, s.max_len, liked)
@@ -271,19 +296,21 @@ class SeqRecommender:
             raise ValueError("no user has a positive training event after another event")
         inputs = torch.as_tensor(windows[:, :-1])
         targets = torch.as_tensor(np.where(target_ok[:, 1:], windows[:, 1:], -1))
-        # logQ correction: a full softmax over-rewards items that are frequent targets; taking
-        # their log frequency out of the training logits leaves more room for the tail.
         events = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
         if liked is not None:
             events = events[np.concatenate([np.asarray(m, dtype=bool) for m in liked])]
         counts = np.bincount(events, minlength=self.n_items)
-        log_freq = torch.as_tensor(np.log1p(counts), dtype=torch.float32, device=self.device)
-        correction = s.popularity_correction * log_freq
         # Items that are never a training target are not in the catalogue yet as far as
         # training knows (new items): keeping them out of the softmax leaves their id embedding
         # at zero, so only their text places them, instead of learning "never chosen" as a fact.
-        unseen = torch.as_tensor(counts == 0, device=self.device)
-        self.net.trained.copy_(~unseen)
+        unseen = counts == 0
+        self.net.trained.copy_(torch.as_tensor(~unseen))
+        # One additive bias per item folds both into the logits in a single pass: -inf for
+        # unseen items, and the logQ correction (a full softmax over-rewards items that are
+        # frequent targets; taking their log frequency out leaves more room for the tail).
+        bias = -s.popularity_correction * np.log1p(counts)
+        bias[unseen] = -np.inf
+        logit_bias = torch.as_tensor(bias, dtype=torch.float32, device=self.device)
         if self.config.id_gate > 0:
             # Few events, little id: rare items lean on their text, frequent ones on their id.
             scale = counts / (counts + self.config.id_gate)
@@ -292,6 +319,9 @@ class SeqRecommender:
             self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay
         )
         steps_per_epoch = math.ceil(len(windows) / s.batch_size)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, learning_rate_shape(s.schedule, s.warmup, steps_per_epoch * s.epochs)
+        )
         report = FitReport(losses=[], valid_scores=[], best_epoch=s.epochs, seconds=0.0)
         best_state: dict[str, torch.Tensor] | None = None
         best_score = -math.inf
@@ -299,62 +329,91 @@ class SeqRecommender:
         for epoch in bar:
             self.net.train()
             order = torch.as_tensor(rng.permutation(len(windows)))
-            total, count = 0.0, 0
+            total = torch.zeros((), device=self.device)
+            count = 0
             for step in range(steps_per_epoch):
                 batch = order[step * s.batch_size : (step + 1) * s.batch_size]
-                x = inputs[batch].to(self.device)
-                y = targets[batch].to(self.device)
+                x = inputs[batch]
+                y = targets[batch]
+                # Windows are left-padded: columns that are padding in every row of the batch
+                # cost attention and feed-forward time for nothing, so they are cut.
+                first = int((x >= 0).any(0).int().argmax())
+                x, y = x[:, first:].to(self.device), y[:, first:].to(self.device)
                 valid = (y >= 0) & (x >= 0)
-                keep = None
-                if s.id_dropout > 0:
-                    keep = torch.rand(self.n_items, device=self.device) >= s.id_dropout
-                text_part = self.net.text_matrix()
-                items = self.net.item_matrix(keep, text_part)
-                h = self.net.encode(x, items)[valid]
-                loss = self._softmax_loss(h @ items.T, y[valid], unseen, correction)
-                if self.config.text_view:
-                    # The text view must rank on its own: it is all a new item has.
-                    text_loss = self._softmax_loss(h @ text_part.T, y[valid], unseen, correction)
-                    loss = loss + s.text_view_weight * text_loss
+                with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=bf16):
+                    loss = self._step_loss(x, y[valid], valid, logit_bias)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * int(valid.sum())
-                count += int(valid.sum())
-            report.losses.append(total / max(count, 1))
+                schedule.step()
+                n = int(valid.sum())
+                total += loss.detach().float() * n
+                count += n
+            report.losses.append(float(total) / max(count, 1))
             postfix = {"loss": f"{report.losses[-1]:.4f}"}
-            if valid_fn is not None:
+            validate = epoch % s.valid_every == 0 or epoch == s.epochs
+            if valid_fn is not None and validate:
                 score = float(valid_fn(self))
                 report.valid_scores.append(score)
+                report.valid_epochs.append(epoch)
                 postfix["valid"] = f"{score:.4f}"
                 if score > best_score:
                     best_score = score
                     report.best_epoch = epoch
-                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+                    if s.keep == "best":
+                        best_state = {
+                            k: v.detach().clone() for k, v in self.net.state_dict().items()
+                        }
             bar.set_postfix(postfix)
             log.info("epoch %d loss %.4f %s", epoch, report.losses[-1], postfix.get("valid", ""))
-            if valid_fn is not None and s.patience and epoch - report.best_epoch >= s.patience:
+            if (
+                valid_fn is not None
+                and s.patience
+                and validate
+                and epoch - report.best_epoch >= s.patience
+            ):
                 log.info("no better validation score for %d epochs: stopping", s.patience)
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
+        elif s.keep == "last":
+            report.best_epoch = len(report.losses)  # the weights kept are the last epoch's
         if not self.config.text_view and self.config.text:
             self.impute_untrained_ids(counts > 0)
         report.seconds = time.perf_counter() - started
+        report.threads = torch.get_num_threads()
         return report
 
-    def _softmax_loss(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        unseen: torch.Tensor,
-        correction: torch.Tensor,
+    def _step_loss(
+        self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, logit_bias: torch.Tensor
     ) -> torch.Tensor:
-        if self.settings.popularity_correction:
-            logits = logits - correction
-        # Items with no training event stay out of the softmax (see `_fit`).
-        logits = logits.masked_fill(unseen, float("-inf"))
-        return nn.functional.cross_entropy(logits, targets)
+        """The full-softmax loss of one batch: the full view and, with `text_view`, the text
+        view alone (it is all a new item has), both from one product with the catalogue."""
+        s = self.settings
+        keep = None
+        if s.id_dropout > 0:
+            keep = torch.rand(self.n_items, device=self.device) >= s.id_dropout
+        text_part = self.net.text_matrix()
+        items = self.net.item_matrix(keep, text_part)
+        h = self.net.encode(x, items)[valid]
+        return self._softmax_losses(h, y, items, text_part, logit_bias)
+
+    def _softmax_losses(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        items: torch.Tensor,
+        text_part: torch.Tensor,
+        logit_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        s = self.settings
+        if not self.config.text_view:
+            return nn.functional.cross_entropy(h @ items.T + logit_bias, y)
+        n = self.n_items
+        logits = h @ torch.cat([items, text_part]).T
+        loss = nn.functional.cross_entropy(logits[:, :n] + logit_bias, y)
+        text_loss = nn.functional.cross_entropy(logits[:, n:] + logit_bias, y)
+        return loss + s.text_view_weight * text_loss
 
     @torch.no_grad()
     def impute_untrained_ids(self, trained: np.ndarray) -> int:
@@ -639,6 +698,15 @@ class RecipeFit:
     seconds: float  # both fits
 
 
+def refit_settings(settings: TrainSettings, best_epoch: int) -> TrainSettings:
+    """What a refit trains with: from scratch for the best epoch count, or warm for
+    `refit_epochs` at `refit_learning_rate`."""
+    if not settings.refit_epochs:
+        return settings.model_copy(update={"epochs": best_epoch})
+    rate = settings.refit_learning_rate or settings.learning_rate
+    return settings.model_copy(update={"epochs": settings.refit_epochs, "learning_rate": rate})
+
+
 def fit_recipe(
     text_vectors: np.ndarray,
     settings: TrainSettings,
@@ -661,9 +729,10 @@ def fit_recipe(
     seconds = report.seconds
     evaluated: SeqRecommender | EnsembleRecommender = model
     if settings.refit and valid_fn is not None:
-        again = SeqRecommender(
-            text_vectors, settings.model_copy(update={"epochs": report.best_epoch}), seed=seed
-        )
+        again = SeqRecommender(text_vectors, refit_settings(settings, report.best_epoch), seed)
+        if settings.refit_epochs:
+            # Warm start: the early-stopped weights only have the validation events to learn.
+            again.net.load_state_dict(model.net.state_dict())
         seconds += again.fit(refit, seed=seed, progress=progress, liked=refit_liked).seconds
         evaluated = EnsembleRecommender([model, again]) if settings.ensemble else again
     return RecipeFit(model, evaluated, report, seconds)
@@ -676,13 +745,20 @@ def fit_members(
     histories: Sequence[np.ndarray],
     liked: Sequence[np.ndarray],
     progress: bool = False,
+    starts: Sequence[SeqRecommender] | None = None,
 ) -> tuple[SeqRecommender | EnsembleRecommender, list[list[float]], float]:
     """One model per seed on the same events for `settings.epochs` (no validation left), their
-    mean when more than one: the production recipe. Returns (model, losses per member, seconds).
+    mean when more than one: the production recipe. With `starts` (one trained model per seed)
+    each member continues from that model's weights instead of from scratch.
+    Returns (model, losses per member, seconds).
     """
+    if starts is not None and len(starts) != len(seeds):
+        raise ValueError(f"{len(starts)} models to start from for {len(seeds)} members")
     members, losses, seconds = [], [], 0.0
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         member = SeqRecommender(text_vectors, settings, seed=seed)
+        if starts is not None:
+            member.net.load_state_dict(starts[i].net.state_dict())
         report = member.fit(histories, seed=seed, progress=progress, liked=liked)
         members.append(member)
         losses.append(report.losses)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tailor.evaluation.compare import Exam
-from tailor.models.sequential import fit_members
+from tailor.models.sequential import fit_members, load_recommender, refit_settings
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
@@ -23,15 +23,23 @@ class Trained:
     valid_model_dir: Path  # the model trained on train only, early-stopped on validation
     losses: list[float]
     valid_scores: list[float]
+    valid_epochs: list[int]  # the epochs of `valid_scores` (every `train.valid_every`)
+    threads: int  # torch threads the fit ran on (`train.threads = auto`: the idle cores)
     best_epoch: int
     seconds: float
 
     def record(self) -> Record:
         return Record(
-            metrics={"best_epoch": self.best_epoch, "fit_seconds": self.seconds},
+            metrics={
+                "best_epoch": self.best_epoch,
+                "fit_seconds": self.seconds,
+                "train_threads": self.threads,
+            },
             series={
                 "train_loss": dict(enumerate(self.losses, start=1)),
-                "epoch_valid_ndcg_at_10": dict(enumerate(self.valid_scores, start=1)),
+                "epoch_valid_ndcg_at_10": dict(
+                    zip(self.valid_epochs, self.valid_scores, strict=True)
+                ),
             },
         )
 
@@ -62,6 +70,8 @@ def train_recommender(
         valid_model_dir=valid_dir,
         losses=fitted.report.losses,
         valid_scores=fitted.report.valid_scores,
+        valid_epochs=fitted.report.valid_epochs,
+        threads=fitted.report.threads,
         best_epoch=fitted.report.best_epoch,
         seconds=fitted.seconds,
     )
@@ -72,7 +82,7 @@ class ProductionFit:
     """The production fit: the evaluation fit's recipe on every event. Registered and served."""
 
     model_dir: Path
-    epochs: int  # what early stopping chose in the evaluation fit
+    epochs: int  # what early stopping chose in the evaluation fit, or the warm refit's
     seeds: list[int]  # one per member
     losses: list[list[float]]  # per member, per epoch
     seconds: float
@@ -125,24 +135,35 @@ def train_production(
     progress: bool = True,
 ) -> ProductionFit:
     """The evaluation fit's recipe on every event: each user's latest events and the items
-    held out for the cold-item measurement included, for the epochs early stopping chose.
+    held out for the cold-item measurement included, for the epochs early stopping chose;
+    with warm refits (`train.refit_epochs`), the evaluated members continue for that many.
 
     With `train.ensemble` (and a refit) the evaluated model was the mean of two members, so
     the production model is too; with no validation split left, the members differ by seed.
     """
     users, histories, liked = all_histories(prepared)
     text_vectors = np.load(vectors_path)
-    s = settings.train.model_copy(update={"epochs": trained.best_epoch})
     evaluated_two = settings.train.refit and settings.train.ensemble
     ensemble = evaluated_two and trained.model_dir != trained.valid_model_dir
     seeds = [settings.seed, settings.seed + 1] if ensemble else [settings.seed]
-    model, losses, seconds = fit_members(text_vectors, s, seeds, histories, liked, progress)
+    starts = None
+    warm = bool(settings.train.refit_epochs and settings.train.refit)
+    if warm:
+        # Warm refits: the evaluated model's members continue on every event, as the
+        # evaluation refit continued the early-stopped model on train + validation.
+        evaluated = load_recommender(trained.model_dir, text_vectors, settings.train.device)
+        starts = getattr(evaluated, "members", [evaluated])
+    cold = settings.train.model_copy(update={"refit_epochs": None})
+    s = refit_settings(settings.train if warm else cold, trained.best_epoch)
+    model, losses, seconds = fit_members(
+        text_vectors, s, seeds, histories, liked, progress, starts=starts
+    )
     model_dir = Path(out_dir) / "model"
     model.save(model_dir)
     positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
     return ProductionFit(
         model_dir=model_dir,
-        epochs=trained.best_epoch,
+        epochs=s.epochs,
         seeds=seeds,
         losses=losses,
         seconds=seconds,

@@ -1,0 +1,260 @@
+"""The old training recipe against the new default, side by side on the same data.
+
+    python benchmarks/train_speed.py [--workdir .tailor] [--preset NAME] [--resamples 1000]
+                                     [--try NAME:key=value,key=value ...]
+
+Each recipe runs in its own child process, one after the other (so peak memory is its own and
+neither shares the cores with the other), and fine-tunes exactly what the main job fine-tunes
+for the served model: the evaluation fit (`train_recommender`: early-stopped or scheduled on
+validation, refit on train + validation) and the production fit (`train_production`: every
+event). Both read the data and item vectors of the workdir, prepared and embedded as
+`tailor run` does (cached after the first time). The test lists come from the evaluation fit
+through the served path (tuned index, tail-aware re-ranking), as `tailor run` reports them.
+
+Printed: per recipe, seconds per epoch, epochs to the best validation score, the evaluation
+and production fits' seconds, the total, peak memory, and the test metrics; then each metric's
+difference (new - old) with a paired bootstrap 95 % interval: over users for NDCG@10, over
+users with a tail target for tail-recall@20, over users (recomputing the catalogue share, the
+interval moved by the resampling's bias) for coverage@20, and over whole cold items for
+cold-item recall@20. A difference is significantly worse when its whole interval lies below 0.
+
+`--try` adds recipes to compare (train settings on top of the default), e.g.
+`--try b256:batch_size=256,learning_rate=0.006`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OLD, NEW = "old (early-stopped)", "new default"
+
+
+def parse_try(text: str) -> tuple[str, dict[str, str]]:
+    name, _, pairs = text.partition(":")
+    changes = {}
+    for pair in filter(None, pairs.split(",")):
+        key, _, value = pair.partition("=")
+        try:
+            changes[key] = json.loads(value)  # numbers, true/false, null
+        except json.JSONDecodeError:
+            changes[key] = value  # words: one-cycle, fp32
+    return name, changes
+
+
+def recipe_settings(settings, recipe: str, changes: dict, old_epochs: int | None = None):
+    """The train settings of a recipe: the old one (preset `early-stopped`) or the default,
+    with `changes` on top."""
+    from tailor.settings import PRESETS
+
+    train = settings.train
+    if recipe == "old":
+        train = train.model_copy(update=PRESETS["early-stopped"]["train"])
+        if old_epochs:
+            train = train.model_copy(update={"epochs": old_epochs})
+    return type(train).model_validate({**train.model_dump(), **changes})
+
+
+def run_child(workdir: Path, preset: str | None, train: dict, out: Path, reuse: bool) -> dict:
+    """One recipe in a fresh process; returns its timings and writes its test lists."""
+    spec = {"train": train, "out": str(out)}
+    done = out / "result.json"
+    if reuse and done.is_file() and json.loads(done.read_text()).get("spec") == spec:
+        return json.loads(done.read_text())
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps(spec),
+        "--workdir",
+        str(workdir),
+    ]
+    if preset:
+        command += ["--preset", preset]
+    subprocess.run(command, check=True)
+    return json.loads((out / "result.json").read_text())
+
+
+def child(spec: dict, workdir: Path, preset: str | None) -> None:
+    from tailor.evaluation.compare import Exam, served_index
+    from tailor.models.sequential import load_recommender
+    from tailor.ranking.rank import rank_histories
+    from tailor.settings import load_settings
+    from tailor.stages.data import load_histories, prepare_data
+    from tailor.stages.embed import embed_items
+    from tailor.stages.train import train_production, train_recommender
+
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(preset=preset, workdir=workdir)
+    train = type(settings.train).model_validate(spec["train"])
+    settings = settings.model_copy(update={"train": train})
+    prepared = prepare_data(settings, workdir.resolve() / "train-speed" / "data")
+    vectors = embed_items(prepared.items, settings, progress=False).vectors
+    hist = load_histories(prepared)
+    exam = Exam(hist, settings.eval)
+
+    started = time.perf_counter()
+    trained = train_recommender(prepared, vectors, settings, out / "eval", progress=False)
+    evaluation_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    production = train_production(prepared, vectors, trained, settings, out / "prod", False)
+    production_seconds = time.perf_counter() - started
+
+    text_vectors = np.load(vectors)
+    model = load_recommender(trained.model_dir, text_vectors)
+    policy = exam.policy(settings.rerank)
+    index = served_index(model, exam.cases["test"][0], settings.index, settings.seed)
+    tops = {
+        split: rank_histories(model, index, exam.cases[split][0], policy).items
+        for split in ("test", "cold")
+    }
+    np.savez(out / "tops.npz", **tops)
+    metrics = exam.measure(tops)
+    ran = len(trained.losses)
+    scores = trained.valid_scores
+    epochs = ran + production.epochs * len(production.seeds)
+    if train.refit:
+        epochs += train.refit_epochs or trained.best_epoch
+    result = {
+        "spec": spec,
+        "epochs_run": ran,
+        "best_epoch": int(np.argmax(scores)) + 1 if scores else trained.best_epoch,
+        "epochs_total": epochs,
+        "evaluation_seconds": evaluation_seconds,
+        "production_seconds": production_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "metrics": metrics,
+        "settings": train.model_dump(
+            include={"epochs", "batch_size", "learning_rate", "schedule", "dropout", "refit_epochs"}
+        ),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def coverage_bootstrap(a, b, n_items, k, resamples, seed):
+    """Coverage@k difference (a - b) and its interval, resampling users for both lists."""
+    rng = np.random.default_rng(seed)
+
+    def coverage(top):
+        return len(np.unique(top[:, :k][top[:, :k] >= 0])) / n_items
+
+    diffs = np.empty(resamples)
+    for r in range(resamples):
+        idx = rng.integers(0, len(a), len(a))
+        diffs[r] = coverage(a[idx]) - coverage(b[idx])
+    observed = coverage(a) - coverage(b)
+    # A resample repeats users, which lowers both lists' coverage, not by the same amount:
+    # the interval is moved by that bias so it is centred where the observed difference is.
+    low, high = np.percentile(diffs, [2.5, 97.5]) + (observed - diffs.mean())
+    return observed, float(low), float(high)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=".tailor")
+    parser.add_argument("--preset", default=None, help="e.g. tiny: synthetic data, seconds")
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--try", dest="tries", action="append", default=[])
+    parser.add_argument(
+        "--old-epochs", type=int, default=None, help="cap the old recipe's epochs (quick checks)"
+    )
+    parser.add_argument("--skip-old", action="store_true", help="compare --try recipes only")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse a recipe's stored result (same settings)"
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    if args.child:
+        child(json.loads(args.child), workdir, args.preset)
+        return 0
+
+    from tailor.evaluation.compare import Exam
+    from tailor.evaluation.metrics import clustered_bootstrap, paired_bootstrap, per_user_metric
+    from tailor.settings import load_settings
+    from tailor.stages.data import load_histories, prepare_data
+
+    settings = load_settings(preset=args.preset, workdir=workdir)
+    root = workdir.resolve() / "train-speed"
+    recipes = [] if args.skip_old else [(OLD, "old", {})]
+    recipes.append((NEW, "new", {}))
+    recipes += [(name, "new", changes) for name, changes in map(parse_try, args.tries)]
+    results, tops = {}, {}
+    for name, recipe, changes in recipes:
+        print(f"training: {name} {changes or ''}", file=sys.stderr, flush=True)
+        out = root / name.split()[0]
+        train = recipe_settings(settings, recipe, changes, args.old_epochs)
+        train = train.model_dump(mode="json")
+        results[name] = run_child(workdir, args.preset, train, out, args.reuse)
+        tops[name] = dict(np.load(out / "tops.npz"))
+
+    hist = load_histories(prepare_data(settings, root / "data"))
+    exam = Exam(hist, settings.eval)
+    print(
+        "\n| recipe | s / epoch | epochs to best (ran) | evaluation fit s | production fit s "
+        "| fine-tune s | x old | peak MB | NDCG@10 | tail-recall@20 | coverage@20 "
+        "| cold recall@20 |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base = results[recipes[0][0]]
+    base_total = base["evaluation_seconds"] + base["production_seconds"]
+    for name, r in results.items():
+        total = r["evaluation_seconds"] + r["production_seconds"]
+        m = r["metrics"]
+        print(
+            f"| {name} | {total / r['epochs_total']:.2f} | {r['best_epoch']} ({r['epochs_run']})"
+            f" | {r['evaluation_seconds']:.1f} | {r['production_seconds']:.1f} | {total:.1f} "
+            f"| {base_total / total:.1f}x | {r['peak_rss_mb']:.0f} "
+            f"| {m['test_ndcg_at_10']:.4f} | {m['test_tail_recall_at_20']:.4f} "
+            f"| {m['test_coverage_at_20']:.4f} | {m['cold_recall_at_20']:.4f} |"
+        )
+
+    targets, cold = hist.test_targets, hist.cold_targets
+    tail = exam.is_tail[targets]
+    print(f"\nDifferences against {recipes[0][0]}, 95 % paired bootstrap ({args.resamples}):\n")
+    print("| recipe | NDCG@10 | tail-recall@20 | coverage@20 | cold recall@20 |")
+    print("| --- | --- | --- | --- | --- |")
+    a_name = recipes[0][0]
+    a = tops[a_name]
+    seed, n = settings.seed, args.resamples
+    for name in list(results)[1:]:
+        b = tops[name]
+        cells = [
+            paired_bootstrap(
+                per_user_metric(b["test"], targets, "ndcg", 10),
+                per_user_metric(a["test"], targets, "ndcg", 10),
+                n,
+                seed,
+            ),
+            paired_bootstrap(
+                per_user_metric(b["test"][tail], targets[tail], "recall", 20),
+                per_user_metric(a["test"][tail], targets[tail], "recall", 20),
+                n,
+                seed,
+            ),
+            coverage_bootstrap(b["test"], a["test"], hist.n_items, 20, n, seed),
+            clustered_bootstrap(
+                per_user_metric(b["cold"], cold, "recall", 20)
+                - per_user_metric(a["cold"], cold, "recall", 20),
+                cold,
+                n,
+                seed,
+            ),
+        ]
+        text = [
+            f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{' worse' if hi < 0 else ''}" for d, lo, hi in cells
+        ]
+        print(f"| {name} | " + " | ".join(text) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
