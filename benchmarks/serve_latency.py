@@ -1,6 +1,6 @@
 """Latency and throughput of the real server (`tailor serve`) on loopback.
 
-    python benchmarks/serve_latency.py --workdir DIR [--rate 200] [--seconds 10]
+    python benchmarks/serve_latency.py --workdir DIR [--rate 200] [--seconds 10] [--runs 3]
 
 DIR must hold a champion and a published store (`tailor run --workdir DIR` makes both); with
 `--train` the benchmark runs that first. The server runs in its own process, exactly as
@@ -12,7 +12,16 @@ ones have finished, and its latency counts from when it was due. A slow server t
 up as queueing in the percentiles instead of quietly lowering the offered rate ("coordinated
 omission"). A closed-loop run with --connections clients then gives the most it sustains.
 
-Prints a markdown table and writes it as JSON (--out).
+Every scenario also reports CPU milliseconds per request: the server process's CPU time (all
+its threads, from /proc) over the open-loop phase divided by its requests, and the client's
+own (it shares the machine's cores). The whole set runs `--runs` times in a row, each on a
+freshly started server, and the table shows every run: a target counts as met only when all
+runs meet it. Then, in this process, the same requests go one at a time through the service
+without HTTP, timed by part (the user encoder per ensemble member, the language model, the
+index search, the tail re-ranking, the reasons, the rest of the request), so what the HTTP and
+JSON layers cost is the server's CPU per request minus the sum.
+
+Prints markdown tables and writes them as JSON (--out).
 """
 
 from __future__ import annotations
@@ -205,6 +214,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and all its threads; None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(workdir: Path, port: int, live_db: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env["TAILOR_SERVE__LIVE_URL"] = f"sqlite:///{live_db}"
@@ -233,6 +252,195 @@ async def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout: floa
     raise SystemExit("server did not become ready")
 
 
+# ---------------------------------------------------------------- scenarios
+
+
+def make_scenarios(users: list[str], catalogue: list[str], run: int) -> list[tuple[str, Callable]]:
+    """The request makers, seeded per run; item ids are unique across runs."""
+    rng = random.Random(run)
+
+    def precomputed(i: int) -> Request:
+        return "GET", f"/users/{rng.choice(users)}/recommendations?k=20", None
+
+    def session(i: int) -> Request:
+        body = {"user_id": rng.choice(users), "session": rng.sample(catalogue, 20), "k": 20}
+        return "POST", "/recommend", json.dumps(body).encode()
+
+    def query(i: int) -> Request:
+        # Unique texts: every request misses the query cache and runs the language model.
+        words = " ".join(rng.sample(WORDS, 3))
+        return "POST", "/recommend", json.dumps({"query": f"{words} {run}-{i}", "k": 20}).encode()
+
+    repeated = [" ".join(rng.sample(WORDS, 3)) for _ in range(50)]
+
+    def query_cached(i: int) -> Request:
+        body = {"query": rng.choice(repeated), "k": 20}
+        return "POST", "/recommend", json.dumps(body).encode()
+
+    def insert(i: int) -> Request:
+        words = " ".join(rng.sample(WORDS, 4)).title()
+        item = {
+            "item_id": f"bench-{run}-{i}",
+            "text": f"{words} (2026). Genres: Drama",
+            "label": words,
+        }
+        return "POST", "/items", json.dumps({"items": [item]}).encode()
+
+    return [
+        ("precomputed read", precomputed),
+        ("live: 20 session items", session),
+        ("live: query text only", query),
+        ("live: repeated query (cached)", query_cached),
+        ("item insert", insert),
+    ]
+
+
+def run_once(workdir: Path, users: list[str], catalogue: list[str], args, run: int) -> list[dict]:
+    """Every scenario against one freshly started server."""
+    host, port = "127.0.0.1", free_port()
+    live_db = Path(tempfile.mkdtemp(prefix="tailor-serve-bench-")) / "live.db"
+    proc = start_server(workdir, port, live_db)
+    rows = []
+    try:
+        started = time.perf_counter()
+        ready = asyncio.run(wait_ready(host, port, proc, timeout=300))
+        print(
+            f"run {run}: server ready in {time.perf_counter() - started:.1f} s: version "
+            f"{ready['model_version']}, {ready['items']} items, {ready['users']} users",
+            flush=True,
+        )
+        scenarios = make_scenarios(users, catalogue, run)
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",")]
+            scenarios = [(n, m) for n, m in scenarios if any(n.startswith(w) for w in wanted)]
+        for name, make in scenarios:
+            asyncio.run(open_loop(host, port, make, args.rate, 1.0, args.connections))  # warm-up
+            server_before, client_before = process_cpu_seconds(proc.pid), time.process_time()
+            result = asyncio.run(
+                open_loop(host, port, make, args.rate, args.seconds, args.connections)
+            )
+            server_after, client_after = process_cpu_seconds(proc.pid), time.process_time()
+            n = result["requests"]
+            result["server_cpu_ms"] = (
+                None
+                if server_before is None or server_after is None
+                else 1000 * (server_after - server_before) / n
+            )
+            result["client_cpu_ms"] = 1000 * (client_after - client_before) / n
+            result["max_throughput"] = asyncio.run(
+                closed_loop(
+                    host, port, make, min(args.seconds, 5.0), 8, offset=10**6 * (len(rows) + 1)
+                )
+            )
+            target = TARGETS.get(name)
+            result.update(scenario=name, run=run, rate=args.rate, target_p99=target)
+            result["meets_target"] = None if target is None else result["p99"] <= target
+            rows.append(result)
+            cpu = result["server_cpu_ms"]
+            print(
+                f"  {name}: p99 {result['p99']:.1f} ms, max {result['max_throughput']:.0f}/s, "
+                f"server CPU {'-' if cpu is None else f'{cpu:.2f}'} ms/request",
+                flush=True,
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rows
+
+
+# ---------------------------------------------------------------- where a request's CPU goes
+
+PARTS = (
+    "user encoder (all members)",
+    "language model",
+    "index search",
+    "tail re-ranking",
+    "reasons",
+)
+
+
+def breakdown(settings, users: list[str], catalogue: list[str], n: int) -> dict[str, dict]:
+    """Milliseconds per request by part, for the live scenarios, through the service in this
+    process (no HTTP), one request at a time with the caches of a fresh service."""
+    from tailor.models import sequential
+    from tailor.ranking import rank
+    from tailor.serving import recommend as recommend_module
+    from tailor.serving.recommend import LiveQuery
+    from tailor.serving.service import Service
+
+    spent: dict[str, float] = dict.fromkeys(PARTS, 0.0)
+    calls: dict[str, int] = dict.fromkeys(PARTS, 0)
+    patched: list[tuple[object, str, object]] = []
+
+    def timed(owner, name: str, part: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapper(*a, **k):
+            began = time.perf_counter()
+            try:
+                return real(*a, **k)
+            finally:
+                spent[part] += time.perf_counter() - began
+                calls[part] += 1
+
+        patched.append((owner, name, real))
+        setattr(owner, name, wrapper)
+
+    service = Service(settings)
+    service.load()
+    timed(sequential.SeqRecommender, "user_vectors", PARTS[0])
+    timed(service.texts.encoder, "encode", PARTS[1])
+    if service.queries is not service.texts:
+        timed(service.queries.encoder, "encode", PARTS[1])
+    timed(rank, "rerank_tail_scored", PARTS[3])
+    timed(recommend_module, "reasons_for", PARTS[4])
+    real_search = service.model.index.search
+    index = service.model.index
+
+    def search(*a, **k):
+        began = time.perf_counter()
+        try:
+            return real_search(*a, **k)
+        finally:
+            spent[PARTS[2]] += time.perf_counter() - began
+            calls[PARTS[2]] += 1
+
+    index.search = search  # the live index is a faiss object: wrap the bound method
+    rng = random.Random(123)
+    queries = {
+        "live: 20 session items": lambda i: LiveQuery(
+            user_id=rng.choice(users), session=rng.sample(catalogue, 20), k=20
+        ),
+        "live: query text only": lambda i: LiveQuery(
+            query=" ".join(rng.sample(WORDS, 3)) + f" breakdown-{i}", k=20
+        ),
+    }
+    out = {}
+    try:
+        for name, make in queries.items():
+            for part in PARTS:
+                spent[part], calls[part] = 0.0, 0
+            total = 0.0
+            for i in range(n):
+                q = make(i)
+                began = time.perf_counter()
+                vectors = {}
+                if q.query:
+                    vectors[q.query] = service.queries.encode([q.query])[0]
+                service.recommend(q, vectors)
+                total += time.perf_counter() - began
+            row = {part: 1000 * spent[part] / n for part in PARTS}
+            row["rest of the request"] = 1000 * total / n - sum(row.values())
+            row["total"] = 1000 * total / n
+            row["members"] = calls[PARTS[0]] / n
+            out[name] = row
+    finally:
+        for owner, name, real in patched:
+            setattr(owner, name, real)
+        service.close()
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -243,6 +451,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="offered requests per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
+    parser.add_argument("--runs", type=int, default=3, help="whole runs in a row, each table")
+    parser.add_argument("--breakdown", type=int, default=200, help="requests timed by part")
     parser.add_argument("--out", default=None, help="JSON results (default: workdir)")
     parser.add_argument("--only", default=None, help="comma-separated scenario name prefixes")
     args = parser.parse_args()
@@ -268,102 +478,66 @@ def main() -> int:
     store.dispose()
     if not users:
         raise SystemExit(f"no published recommendations in {workdir}: run `tailor run` there")
+    from tailor.data.load import load_clean
 
-    host, port = "127.0.0.1", free_port()
-    live_db = Path(tempfile.mkdtemp(prefix="tailor-serve-bench-")) / "live.db"
-    proc = start_server(workdir, port, live_db)
-    rng = random.Random(0)
-    try:
-        started = time.perf_counter()
-        ready = asyncio.run(wait_ready(host, port, proc, timeout=300))
-        print(
-            f"server ready in {time.perf_counter() - started:.1f} s: version "
-            f"{ready['model_version']}, {ready['items']} items, {ready['users']} users"
-        )
+    catalogue = load_clean(settings).items["item_id"].to_list()
 
-        from tailor.data.load import load_clean
+    rows = []
+    for run in range(1, args.runs + 1):
+        rows += run_once(workdir, users, catalogue, args, run)
+    parts = breakdown(settings, users, catalogue, args.breakdown) if args.breakdown else {}
 
-        catalogue = load_clean(settings).items["item_id"].to_list()
-
-        def precomputed(i: int) -> Request:
-            return "GET", f"/users/{rng.choice(users)}/recommendations?k=20", None
-
-        def session(i: int) -> Request:
-            body = {"user_id": rng.choice(users), "session": rng.sample(catalogue, 20), "k": 20}
-            return "POST", "/recommend", json.dumps(body).encode()
-
-        def query(i: int) -> Request:
-            # Unique texts: every request misses the query cache and runs the language model.
-            words = " ".join(rng.sample(WORDS, 3))
-            return "POST", "/recommend", json.dumps({"query": f"{words} {i}", "k": 20}).encode()
-
-        repeated = [" ".join(rng.sample(WORDS, 3)) for _ in range(50)]
-
-        def query_cached(i: int) -> Request:
-            body = {"query": rng.choice(repeated), "k": 20}
-            return "POST", "/recommend", json.dumps(body).encode()
-
-        def insert(i: int) -> Request:
-            words = " ".join(rng.sample(WORDS, 4)).title()
-            item = {
-                "item_id": f"bench-{i}",
-                "text": f"{words} (2026). Genres: Drama",
-                "label": words,
-            }
-            return "POST", "/items", json.dumps({"items": [item]}).encode()
-
-        scenarios = [
-            ("precomputed read", precomputed),
-            ("live: 20 session items", session),
-            ("live: query text only", query),
-            ("live: repeated query (cached)", query_cached),
-            ("item insert", insert),
-        ]
-        if args.only:
-            wanted = [w.strip() for w in args.only.split(",")]
-            scenarios = [(n, m) for n, m in scenarios if any(n.startswith(w) for w in wanted)]
-        rows = []
-        for name, make in scenarios:
-            asyncio.run(open_loop(host, port, make, args.rate, 1.0, args.connections))  # warm-up
-            result = asyncio.run(
-                open_loop(host, port, make, args.rate, args.seconds, args.connections)
-            )
-            result["max_throughput"] = asyncio.run(
-                closed_loop(
-                    host, port, make, min(args.seconds, 5.0), 8, offset=10**6 * (len(rows) + 1)
-                )
-            )
-            target = TARGETS.get(name)
-            result.update(scenario=name, rate=args.rate, target_p99=target)
-            result["meets_target"] = None if target is None else result["p99"] <= target
-            rows.append(result)
-            print(f"  {name}: p99 {result['p99']:.1f} ms, max {result['max_throughput']:.0f}/s")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
+    runs = sorted({r["run"] for r in rows})
+    slash = " / ".join
     print(
         f"\n## Serving latency ({args.rate:.0f} requests/s offered for {args.seconds:.0f} s "
-        f"per scenario, {args.connections} connections, {os.cpu_count()} CPU cores)\n"
+        f"per scenario, {args.connections} connections, {os.cpu_count()} CPU cores; "
+        f"runs {slash(map(str, runs))})\n"
     )
     print(
-        "| scenario | p50 ms | p95 ms | p99 ms | throughput /s | max /s (closed loop) "
-        "| errors | p99 target |"
+        "| scenario | p50 ms | p99 ms | max /s (closed loop) | server CPU ms / request "
+        "| client CPU ms / request | errors | p99 target |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for r in rows:
-        verdict = (
-            ""
-            if r["target_p99"] is None
-            else (f"≤ {r['target_p99']:.0f} ms: {'met' if r['meets_target'] else 'MISSED'}")
-        )
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        mine = [r for r in rows if r["scenario"] == name]
+        target = mine[0]["target_p99"]
+        verdict = ""
+        if target is not None:
+            met = all(r["meets_target"] for r in mine)
+            verdict = f"≤ {target:.0f} ms: {'met' if met else 'MISSED'} in {len(mine)} runs"
+        cpu = [r["server_cpu_ms"] for r in mine]
+
+        def cells(key: str, digits: int, rows=mine) -> str:
+            return slash(f"{r[key]:.{digits}f}" for r in rows)
+
         print(
-            f"| {r['scenario']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} "
-            f"| {r['throughput']:.0f} | {r['max_throughput']:.0f} | {r['errors']} | {verdict} |"
+            f"| {name} | {cells('p50', 1)} | {cells('p99', 1)} | {cells('max_throughput', 0)} "
+            f"| {slash('-' if c is None else f'{c:.2f}' for c in cpu)} "
+            f"| {cells('client_cpu_ms', 2)} "
+            f"| {sum(r['errors'] for r in mine)} | {verdict} |"
         )
+    if parts:
+        names = list(parts)
+        print(
+            f"\n## Where a live request's time goes (ms per request, {args.breakdown} requests "
+            "one at a time through the service in one process, no HTTP)\n"
+        )
+        print("| part | " + " | ".join(names) + " |")
+        print("| --- |" + " ---: |" * len(names))
+        keys = [*PARTS, "rest of the request", "total"]
+        for key in keys:
+            print(f"| {key} | " + " | ".join(f"{parts[n][key]:.2f}" for n in names) + " |")
+        print(
+            "| ensemble members encoded per request | "
+            + " | ".join(f"{parts[n]['members']:.0f}" for n in names)
+            + " |"
+        )
+        print("\nHTTP, validation and JSON: the server's CPU per request above minus this total.")
     out = Path(args.out) if args.out else workdir / "bench" / "serve_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rate": args.rate, "seconds": args.seconds, "rows": rows}, indent=2))
+    payload = {"rate": args.rate, "seconds": args.seconds, "rows": rows, "breakdown": parts}
+    out.write_text(json.dumps(payload, indent=2))
     print(f"\nwritten to {out}")
     return 0
 

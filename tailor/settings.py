@@ -329,8 +329,8 @@ class TrainSettings(_Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="auto = bf16 autocast where the device computes bf16 natively (CUDA with "
-        "bf16, CPUs with AVX512-BF16 or AMX), fp32 elsewhere (emulated bf16 is slower).",
+        description="auto = bf16 autocast on a CUDA device with native bf16, fp32 on CPUs "
+        "(measured slower under autocast even with AMX at this model's width); bf16 forces it.",
     )
     threads: PositiveInt | Literal["auto"] | None = Field(
         "auto",
@@ -594,6 +594,12 @@ class ServeSettings(_Section):
         False,
         description="Encode free-text queries with int8 weights (CPU only): faster again, "
         "slightly different vectors. Items and profiles always use float weights.",
+    )
+    user_batch: int = Field(
+        32,
+        ge=1,
+        description="Live requests whose user vectors one encoder pass computes at most: "
+        "requests arriving during a pass share the next one.",
     )
     torch_threads: int = Field(
         1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."

@@ -9,7 +9,7 @@ import pytest
 from tailor.models.baselines import fit_baseline
 from tailor.models.index import build_index
 from tailor.models.sequential import EnsembleRecommender, SeqRecommender
-from tailor.ranking.rank import RankPolicy, rank_dense, rank_histories
+from tailor.ranking.rank import RankPolicy, rank_dense, rank_histories, rerank_pool
 from tailor.settings import TrainSettings
 
 N_ITEMS = 40
@@ -114,3 +114,22 @@ def test_vector_models_rank_the_same_through_their_index(name):
     np.testing.assert_allclose(
         model.user_vectors(queries) @ model.item_vectors().T, model.score(queries), rtol=1e-4
     )
+
+
+def test_a_searched_pool_reranks_to_the_lists_ranking_again_gives():
+    # The evaluation's re-ranking sweep searches once and re-ranks the pool per strength.
+    model = _make("tailor-seq")
+    # Users with a history: an empty one scores every item 0, and the order of exact ties
+    # depends on how many results the index is asked for.
+    queries = [q for q in _queries() if len(q)]
+    index = build_index(model.item_vectors())
+    is_tail = np.arange(N_ITEMS) % 3 == 0
+    pool = rank_histories(model, index, queries, RankPolicy(30))
+    for strength in (0.0, 0.3, 1.0):
+        policy = RankPolicy(5, strength, 30, is_tail)
+        again = rank_histories(model, index, queries, policy)
+        reranked = rerank_pool(pool, policy)
+        np.testing.assert_array_equal(reranked.items, again.items)
+        np.testing.assert_array_equal(reranked.scores, again.scores)
+    with pytest.raises(ValueError, match="the pool has 30 candidates, the policy needs 40"):
+        rerank_pool(pool, RankPolicy(5, 0.5, 40, is_tail))

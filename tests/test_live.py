@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from tailor.models.bundle import Bundle
 from tailor.models.sequential import SeqRecommender
 from tailor.ranking.rank import RankPolicy
 from tailor.serving.live import LiveModel
-from tailor.serving.recommend import LiveQuery, recommend
+from tailor.serving.recommend import LiveQuery, live_sequence, recommend
 from tailor.serving.state import LiveState, profile_text
 from tailor.settings import TrainSettings
 from tailor.stages.evaluate import evaluate_cold_start
@@ -217,3 +219,67 @@ def test_a_full_encoder_queue_refuses_instead_of_growing(settings):
     assert first.result(timeout=60).shape == (2, texts.dim)
     assert second.result(timeout=60).shape == (2, texts.dim)
     assert texts.submit(["e"]).result(timeout=60).shape == (1, texts.dim)  # room again
+
+
+def test_batched_user_vectors_give_the_single_request_lists(trained):
+    """Concurrent requests share the user encoder's passes; each gets the top-k and scores
+    the one-request path gives."""
+    settings, _prepared, folder = trained
+    live = LiveModel(Bundle(folder), "1", settings)
+    state = _state(settings)
+    users = list(state.histories)[:12]
+    queries = [
+        LiveQuery(user_id=u, session=live.item_ids[i : i + 3] if i % 2 else [], k=10)
+        for i, u in enumerate(users)
+    ]
+    single = [recommend(live, state, q, {}) for q in queries]
+    positions = [live_sequence(live, state, q).positions for q in queries]
+
+    async def together():
+        futures = [live.users.submit(p) for p in positions]  # one turn of the loop
+        return await asyncio.gather(*futures)
+
+    vectors = asyncio.run(together())
+    assert (live.users.passes, live.users.encoded) == (1, len(queries))
+    for q, p, v, alone in zip(queries, positions, vectors, single, strict=True):
+        batched = recommend(live, state, q, {}, user_vector=(p, v))
+        assert [i.item_id for i in batched.items] == [i.item_id for i in alone.items]
+        np.testing.assert_allclose(
+            [i.score for i in batched.items], [i.score for i in alone.items], rtol=1e-5, atol=1e-6
+        )
+    # A vector computed for other positions (the state moved on meanwhile) is not used.
+    stale = recommend(live, state, queries[0], {}, user_vector=([0], vectors[0] + 100.0))
+    assert [i.score for i in stale.items] == [i.score for i in single[0].items]
+
+
+def test_user_vector_batches_are_bounded_and_errors_reach_every_request():
+    from tailor.serving.batching import UserVectorBatcher
+
+    passes = []
+
+    def encode(seqs):
+        passes.append(len(seqs))
+        return np.array([[float(sum(s))] for s in seqs])
+
+    batcher = UserVectorBatcher(encode, max_batch=2)
+
+    async def five():
+        return await asyncio.gather(*(batcher.submit([i, i]) for i in range(5)))
+
+    assert [float(v[0]) for v in asyncio.run(five())] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert passes == [2, 2, 1]
+
+    def broken(seqs):
+        raise RuntimeError("encoder down")
+
+    failing = UserVectorBatcher(broken)
+
+    async def two():
+        return await asyncio.gather(
+            *(failing.submit([1]) for _ in range(2)), return_exceptions=True
+        )
+
+    errors = asyncio.run(two())
+    assert [str(e) for e in errors] == ["encoder down", "encoder down"]
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        UserVectorBatcher(encode, max_batch=0)

@@ -144,6 +144,26 @@ def test_emulated_bf16_is_never_chosen_on_a_cpu_without_it(monkeypatch):
     assert hardware.native_bf16("cpu") is False
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert hardware.native_bf16("cpu") is True
+    # Native or not, a CPU trains in fp32 under `auto` (autocast measured slower there).
+    assert hardware.autocast_bf16("cpu") is False
+
+
+def test_auto_precision_trains_a_cpu_model_in_fp32(rng, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    seen = []
+    real = torch.autocast
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("enabled", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    histories, text = _task(rng)
+    settings = TrainSettings(epochs=1, dim=16, layers=1, max_len=6, precision="auto")
+    SeqRecommender(text, settings, seed=0).fit(histories, seed=0)
+    assert seen and not any(seen)
+    # The fit turns torch's NaN-filling of new tensors off for itself only.
+    assert torch.utils.deterministic.fill_uninitialized_memory is True
 
 
 def test_bf16_training_runs_and_learns(rng):

@@ -20,7 +20,7 @@ from tailor.evaluation.metrics import per_user_metric, ranking_metrics
 from tailor.models.baselines import DEFAULT_GRIDS, fit_baseline
 from tailor.models.index import build_tuned_index
 from tailor.models.sequential import fit_recipe
-from tailor.ranking.rank import Ranked, RankPolicy, rank_dense, rank_histories
+from tailor.ranking.rank import Ranked, RankPolicy, rank_dense, rank_histories, rerank_pool
 from tailor.ranking.tail import head_mask, item_popularity
 from tailor.settings import EvalSettings, IndexSettings, RerankSettings, TrainSettings
 
@@ -164,9 +164,13 @@ def evaluate_models(
     # One index per model, as each would be served (built once: HNSW builds are not cheap).
     valid_index = served_index(valid_model, exam.cases["valid"][0], index, seed)
     item_index = served_index(served_model, exam.cases["test"][0], index, seed)
+    # The test users' candidates are searched once, for the served lists and the sweep.
+    test_h, targets = exam.cases["test"]
+    pool_size = exam.policy(rerank, 1.0).pool
+    test_pool = rank_histories(served_model, item_index, test_h, RankPolicy(pool_size))
     tops = {
         "valid": rank_histories(valid_model, valid_index, exam.cases["valid"][0], served),
-        "test": rank_histories(served_model, item_index, exam.cases["test"][0], served),
+        "test": rerank_pool(test_pool, served),
         "cold": rank_histories(served_model, item_index, exam.cases["cold"][0], served),
     }
     tops = {split: ranked.items for split, ranked in tops.items()}
@@ -207,10 +211,9 @@ def evaluate_models(
             out.evaluated[name] = refit_rec
 
     # The re-ranking knob: what accuracy buys what tail share, on test.
-    test_h, targets = exam.cases["test"]
     s = exam.settings
     for strength in rerank.sweep:
-        top = rank_histories(served_model, item_index, test_h, exam.policy(rerank, strength))
+        top = rerank_pool(test_pool, exam.policy(rerank, strength))
         found = ranking_metrics(
             top.items, targets, exam.popularity, s.head_share, s.ks, len(hist.users)
         )

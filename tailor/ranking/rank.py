@@ -134,6 +134,17 @@ def _excluded_mask(found: np.ndarray, excluded: Sequence[Collection[int]]) -> np
     return np.isin(keys, banned)
 
 
+def rerank_pool(pool: Ranked, policy: RankPolicy) -> Ranked:
+    """`policy` applied to candidates already found: `pool` holds each user's first
+    `policy.pool` candidates in model order (a strength-0 ranking of that length), so the lists
+    are the ones ranking again would give, without searching again (a sweep of strengths)."""
+    if pool.items.shape[1] < policy.pool:
+        raise ValueError(
+            f"the pool has {pool.items.shape[1]} candidates, the policy needs {policy.pool}"
+        )
+    return _finish(pool.items, pool.scores, policy)
+
+
 def _finish(candidates: np.ndarray, scores: np.ndarray, policy: RankPolicy) -> Ranked:
     k = policy.k
     if policy.strength > 0:

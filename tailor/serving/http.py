@@ -15,9 +15,9 @@ Writes (POST /items, POST /events, /admin/*) need an API key of `serve.write_key
 X-API-Key header (none configured = writes refused); reads need one of `serve.read_keys` when
 any is set. Keys are compared in constant time and never logged.
 
-Model work runs on the event loop, one request at a time (it takes a millisecond or two);
-the language model (queries, profiles, new items, a bounded queue), the events' durable commit
-and loading run in worker threads.
+Model work runs on the event loop, the user encoder batched across the requests of one loop
+turn; the language model (queries, profiles, new items, a bounded queue), the events' durable
+commit and loading run in worker threads.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
@@ -555,15 +555,22 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         if body.user_id and svc.state.evicted:
             # A live user evicted from memory comes back from the log (read off the loop).
             svc.restore_users(await run_in_threadpool(svc.logged_history, body.user_id))
-        # Text goes to the encoder's worker thread; the event loop serves others meanwhile.
-        vectors = {}
-        if query.query:
-            found = await asyncio.wrap_future(svc.queries.submit([query.query]))
-            vectors[query.query] = found[0]
+        # The language model runs in a worker thread, the user encoder on the loop; each
+        # batches the requests that reach it together.
+        user = svc.submit_user_vector(query)
+        text = svc.queries.submit([query.query]) if query.query else None
         profile = svc.profile_string(query)
-        if profile:
-            vectors[profile] = (await asyncio.wrap_future(svc.texts.submit([profile])))[0]
-        result = svc.recommend(query, vectors)
+        profile_text = svc.texts.submit([profile]) if profile else None
+        vectors = {}
+        if text is not None:
+            vectors[query.query] = (await asyncio.wrap_future(text))[0]
+        if profile_text is not None:
+            vectors[profile] = (await asyncio.wrap_future(profile_text))[0]
+        encoded = None
+        if user is not None:
+            model, positions, future = user
+            encoded = (model, positions, await future)
+        result = svc.recommend(query, vectors, encoded)
         return RecommendResponse(
             model_version=result.model_version,
             basis=result.basis,

@@ -18,6 +18,7 @@ from tailor import columns as C
 from tailor.models.bundle import POPULARITY, Bundle
 from tailor.ranking.rank import Ranked, RankPolicy, rank_index, rank_scores
 from tailor.ranking.tail import head_mask
+from tailor.serving.batching import UserVectorBatcher
 from tailor.serving.encoder import NoTextSpaceError, TextVectors, has_text_space
 from tailor.serving.profiles import ProfilePool
 from tailor.serving.state import LiveState
@@ -86,6 +87,8 @@ class LiveModel:
             self.index.add_with_ids(np.ascontiguousarray(rows, dtype=np.float32), visible)
         self.profiles: ProfilePool | None = None
         self.text_space = has_text_space(bundle)
+        # Live requests' user vectors, batched across the requests of one event-loop turn.
+        self.users = UserVectorBatcher(self.user_vectors, settings.serve.user_batch)
 
     def _need_text_space(self, what: str) -> None:
         if not self.text_space:

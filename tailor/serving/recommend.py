@@ -58,11 +58,22 @@ class LiveResult:
     unknown_items: list[str]  # ids in session or exclude that the catalogue does not have
 
 
-def recommend(
-    model: LiveModel, state: LiveState, query: LiveQuery, vectors: Mapping[str, np.ndarray]
-) -> LiveResult:
-    """Rank for one request; `vectors` maps the request's texts to their encoder vectors."""
-    serve = model.settings.serve
+@dataclass
+class LiveSequence:
+    """What the user encoder reads for a request: the user's history then the session, as
+    positions of one model, and the history's liked flags (for reasons)."""
+
+    history: list[int]
+    liked: list[bool]
+    session: list[int]
+    unknown: list[str]  # session ids the model does not know
+
+    @property
+    def positions(self) -> list[int]:
+        return self.history + self.session
+
+
+def live_sequence(model: LiveModel, state: LiveState, query: LiveQuery) -> LiveSequence:
     history_ids = state.histories.get(query.user_id, []) if query.user_id else []
     flags = state.liked_of(query.user_id)
     # Items since removed are skipped, with their liked flags.
@@ -71,18 +82,36 @@ def recommend(
         for i, ok in zip(history_ids, flags, strict=True)
         if i in model.position
     ]
-    history = [p for p, _ in known]
-    liked = [ok for _, ok in known]
     session, unknown = model.positions(query.session)
+    return LiveSequence([p for p, _ in known], [ok for _, ok in known], session, unknown)
+
+
+def recommend(
+    model: LiveModel,
+    state: LiveState,
+    query: LiveQuery,
+    vectors: Mapping[str, np.ndarray],
+    user_vector: tuple[list[int], np.ndarray] | None = None,
+) -> LiveResult:
+    """Rank for one request; `vectors` maps the request's texts to their encoder vectors.
+
+    `user_vector` is (positions, vector) when the caller encoded the sequence already (the
+    server's batched encoder); it is used when the positions are still this request's."""
+    serve = model.settings.serve
+    found = live_sequence(model, state, query)
+    history, liked, session, unknown = found.history, found.liked, found.session, found.unknown
     excluded_known, unknown_excluded = model.positions(query.exclude)
-    seq = history + session
+    seq = found.positions
     excluded = set(seq) | set(excluded_known)
     basis: list[str] = []
     user = np.zeros((1, model.model_dim), dtype=np.float32)
     profile_label = None
     dense = None  # per-item scores, for a profile (not a vector the index can take)
     if seq:
-        user = model.user_vectors([seq])
+        if user_vector is not None and user_vector[0] == seq:
+            user = np.asarray(user_vector[1], dtype=np.float32).reshape(1, -1)
+        else:
+            user = model.user_vectors([seq])
         basis += (["history"] if history else []) + (["session"] if session else [])
     else:
         profile = query.effective_profile(state)

@@ -7,6 +7,7 @@ model and state are never read while being changed and need no locks.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
 from tailor.models.encoder import encoder_id
 from tailor.serving.encoder import TextVectors, check_encoder, has_text_space
 from tailor.serving.live import LiveModel, build_live_model
-from tailor.serving.recommend import LiveQuery, LiveResult, recommend
+from tailor.serving.recommend import LiveQuery, LiveResult, live_sequence, recommend
 from tailor.serving.state import LiveState, load_live_state
 from tailor.serving.store import RecommendationStore
 from tailor.settings import EmbedSettings, Settings
@@ -189,11 +190,33 @@ class Service:
         assert self.state is not None
         return query.profile_string(self.state, self.settings.serve.profile_fields)
 
-    def recommend(self, query: LiveQuery, vectors: dict[str, np.ndarray]) -> LiveResult:
+    def submit_user_vector(
+        self, query: LiveQuery
+    ) -> tuple[LiveModel, list[int], asyncio.Future] | None:
+        """Start encoding the request's user (history + session) on the batched encoder (on
+        the event loop): (the model, the positions, a future of the vector); None when there
+        is nothing to encode."""
+        assert self.model is not None and self.state is not None
+        positions = live_sequence(self.model, self.state, query).positions
+        if not positions:
+            return None
+        return self.model, positions, self.model.users.submit(positions)
+
+    def recommend(
+        self,
+        query: LiveQuery,
+        vectors: dict[str, np.ndarray],
+        encoded: tuple[LiveModel, list[int], np.ndarray] | None = None,
+    ) -> LiveResult:
+        """`encoded` is what `submit_user_vector` gave, resolved; it is used when the model
+        and the request's positions are still the ones it was computed for."""
         assert self.model is not None and self.state is not None
         if query.user_id:
             self.state.touch(query.user_id)
-        return recommend(self.model, self.state, query, vectors)
+        user_vector = None
+        if encoded is not None and encoded[0] is self.model:
+            user_vector = (encoded[1], encoded[2])
+        return recommend(self.model, self.state, query, vectors, user_vector)
 
     def upsert_items(
         self, items: Sequence[LiveItem], vectors: np.ndarray
