@@ -16,8 +16,11 @@ sample. Reasons and labels, which the real refresh adds per row, are not compute
 Then the cleaning stage on `--events` synthetic raw events (text columns, as a file arrives:
 ~50 per user over the 1 M users, 1 M items, 1 % defects of every kind) in a Parquet file,
 cleaned in user partitions (`tailor.data.partitioned`) in a child process whose peak memory is
-reported, beside cleaning a tenth of the events at once (`clean_interactions`) for comparison.
-`--events 0` skips it; `--users ""` runs only it.
+reported, beside cleaning a tenth of the events at once (`clean_interactions`) for comparison;
+then the whole data preparation of a run on the same file (`prepare_data` with
+`data.partition_events = --part-events`: cleaning, the cold-item hold-out, the time split and
+the files every later stage reads), also in a child process. `--events 0` skips these;
+`--users ""` runs only them.
 """
 
 from __future__ import annotations
@@ -134,7 +137,38 @@ def write_raw_events(path: Path, n: int, n_users: int, n_items: int, seed: int =
             writer.close()
 
 
-def clean_child(path: str, n_items: int, mode: str, out: str) -> None:
+def prepare_in_parts(path: str, n_items: int, out: str, part_events: int) -> tuple[int, int]:
+    """`prepare_data` as a run does it, the events in user partitions: (rows in, rows kept)."""
+    import polars as pl
+
+    from tailor.settings import load_settings
+    from tailor.stages.data import prepare_data
+
+    items = Path(out) / "items.parquet"
+    items.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"Thing {i}" for i in range(n_items)],
+        }
+    ).write_parquet(items)
+    settings = load_settings(
+        workdir=Path(out) / "work",
+        data={
+            "source": "files",
+            "interactions_path": path,
+            "items_path": str(items),
+            "columns": {"weight": "weight"},
+            "text_template": "{title}",
+            "partition_events": part_events,
+        },
+    )
+    prepared = prepare_data(settings, Path(out) / "data")
+    report = prepared.report["interactions"]
+    return report["rows_in"], report["rows_out"]
+
+
+def clean_child(path: str, n_items: int, mode: str, out: str, part_events: int) -> None:
     """Runs in its own process, so its peak memory is the stage's alone; prints one JSON line."""
     import json
 
@@ -148,6 +182,8 @@ def clean_child(path: str, n_items: int, mode: str, out: str) -> None:
     if mode == "partitioned":
         result = clean_interactions_partitioned(Path(path), Path(out), known)
         rows_in, rows_out = result.rows_in, result.rows_out
+    elif mode == "prepare":
+        rows_in, rows_out = prepare_in_parts(path, n_items, out, part_events)
     else:
         raw = pl.read_parquet(path)
         clean, _ = clean_interactions(raw, path, known, None)
@@ -165,19 +201,24 @@ def clean_child(path: str, n_items: int, mode: str, out: str) -> None:
     )
 
 
-def cleaning_rows(events: int, n_users: int, n_items: int, workdir: Path) -> list[dict]:
+def cleaning_rows(
+    events: int, n_users: int, n_items: int, workdir: Path, part_events: int
+) -> list[dict]:
     import json
     import subprocess
 
     rows = []
     for label, n, mode in (
-        ("all at once (clean_interactions)", events // 10, "whole"),
-        ("in user partitions (tailor.data.partitioned)", events, "partitioned"),
+        ("cleaning all at once (clean_interactions)", events // 10, "whole"),
+        ("cleaning in user partitions (tailor.data.partitioned)", events, "partitioned"),
+        ("whole data preparation in user partitions (prepare_data)", events, "prepare"),
     ):
         path = workdir / f"events-{n}.parquet"
         began = time.perf_counter()
-        write_raw_events(path, n, n_users, n_items)
-        print(f"  {n:,} raw events written in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+        if not path.exists():  # the last two rows read one file
+            write_raw_events(path, n, n_users, n_items)
+            took = time.perf_counter() - began
+            print(f"  {n:,} raw events written in {took:.0f} s", file=sys.stderr)
         done = subprocess.run(
             [
                 sys.executable,
@@ -189,7 +230,9 @@ def cleaning_rows(events: int, n_users: int, n_items: int, workdir: Path) -> lis
                 "--mode",
                 mode,
                 "--workdir",
-                str(workdir / f"clean-{n}"),
+                str(workdir / f"{mode}-{n}"),
+                "--part-events",
+                str(part_events),
             ],
             capture_output=True,
             text=True,
@@ -199,7 +242,8 @@ def cleaning_rows(events: int, n_users: int, n_items: int, workdir: Path) -> lis
             raise RuntimeError(f"cleaning {path} failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append({"how": label, "file_mb": path.stat().st_size / 2**20, **result})
-        path.unlink()
+        if mode != "partitioned":
+            path.unlink()
         print(f"  {label}: {result}", file=sys.stderr)
     return rows
 
@@ -210,11 +254,14 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=50_000_000)
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument(
+        "--part-events", type=int, default=2_000_000, help="data.partition_events of the run"
+    )
     parser.add_argument("--clean-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="partitioned", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clean_child:
-        clean_child(args.clean_child, args.items, args.mode, args.workdir)
+        clean_child(args.clean_child, args.items, args.mode, args.workdir, args.part_events)
         return 0
 
     counts = [int(x) for x in args.users.split(",") if x.strip()]
@@ -223,8 +270,9 @@ def main() -> int:
     if counts:
         refresh_table(args, counts, workdir)
     if args.events:
-        rows = cleaning_rows(args.events, max(counts or [1_000_000]), args.items, workdir)
-        print("\n| cleaning | events | file MB | rows kept | seconds | peak memory GiB |")
+        n_users = max(counts or [1_000_000])
+        rows = cleaning_rows(args.events, n_users, args.items, workdir, args.part_events)
+        print("\n| stage | events | file MB | rows kept | seconds | peak memory GiB |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             print(

@@ -116,6 +116,14 @@ class DataSettings(_Section):
         "event otherwise. 0 makes every event a positive.",
     )
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
+    partition_events: int | None = Field(
+        None,
+        ge=1_000,
+        description="Clean and split the interactions file in user partitions of about this "
+        "many events (source=files, a local file), so memory holds one partition and never "
+        "the whole file; the results are those of the whole file at once. None = read the "
+        "whole file (the default: fastest while it fits in memory).",
+    )
 
     @property
     def positive_threshold(self) -> float | None:
@@ -135,6 +143,14 @@ class DataSettings(_Section):
                 raise ValueError(
                     "data.source='files' needs data.text_template (which item fields to embed) "
                     "or data.item_vectors_path (vectors computed elsewhere)"
+                )
+        if self.partition_events is not None:
+            if self.source != "files":
+                raise ValueError("data.partition_events needs data.source='files'")
+            if str(self.interactions_path).startswith("s3://"):
+                raise ValueError(
+                    "data.partition_events streams a local interactions file; "
+                    f"copy {self.interactions_path} to local disk or unset data.partition_events"
                 )
         return self
 
@@ -600,6 +616,12 @@ class ServeSettings(_Section):
         ge=1,
         description="Live requests whose user vectors one encoder pass computes at most: "
         "requests arriving during a pass share the next one.",
+    )
+    insert_batch: int = Field(
+        256,
+        ge=1,
+        description="Item-insert requests one live-log commit and one model update carry at "
+        "most: inserts arriving during a commit share the next one.",
     )
     torch_threads: int = Field(
         1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."

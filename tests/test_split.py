@@ -121,3 +121,16 @@ def test_targets_are_the_last_two_positives_and_the_rest_is_history() -> None:
     classic = split_leave_one_out(events, seed=0)
     assert classic.filter(pl.col(C.USER_ID) == "a")[C.SPLIT].to_list()[-2:] == ["valid", "test"]
     assert classic[C.POSITIVE].all()
+
+
+def test_a_users_split_depends_on_that_users_events_only() -> None:
+    # Many ties (three timestamps per user), so the tie order decides most targets.
+    rows = [(f"u{u}", f"i{(u * 7 + j) % 13}", 100 + j // 3) for u in range(30) for j in range(9)]
+    events = _events(rows)
+    whole = split_leave_one_out(events, seed=5)
+    some = [f"u{u}" for u in range(0, 30, 3)]
+    alone = split_leave_one_out(events.filter(pl.col(C.USER_ID).is_in(some)), seed=5)
+    assert alone.equals(whole.filter(pl.col(C.USER_ID).is_in(some)))
+    # ...and the seed still matters on that data.
+    other = split_leave_one_out(events, seed=6)
+    assert not other.get_column(C.ITEM_ID).equals(whole.get_column(C.ITEM_ID))

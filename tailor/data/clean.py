@@ -357,7 +357,8 @@ def clean_users(users: pl.DataFrame, source: str) -> tuple[pl.DataFrame, pl.Data
 # --------------------------------------------------------------------------- all inputs
 
 
-def _report_entry(source: str, rows_in: int, rows_out: int, quarantine: pl.DataFrame) -> dict:
+def report_entry(source: str, rows_in: int, rows_out: int, quarantine: pl.DataFrame) -> dict:
+    """One input's line of the cleaning report: rows in, rows kept, rejects per reason."""
     rejected = dict(
         quarantine.group_by(C.REASON)
         .len()
@@ -399,6 +400,81 @@ def merge_live_items(items: pl.DataFrame, live: pl.DataFrame) -> pl.DataFrame:
     return merged.sort(C.ITEM_ID, maintain_order=True)
 
 
+@dataclass(frozen=True)
+class CleanCatalogue:
+    """Items (the live log's applied) and users, cleaned: everything but the events."""
+
+    items: pl.DataFrame
+    users: pl.DataFrame | None
+    report: dict[str, dict[str, Any]]  # "items", and "live_items" / "users" when present
+    quarantine: list[pl.DataFrame]
+
+
+def clean_catalogue(
+    raw: RawData,
+    item_vectors: pl.DataFrame | None = None,
+    live_items: pl.DataFrame | None = None,
+    live_source: str = "live log",
+) -> CleanCatalogue:
+    """Items first (events are checked against them), the live log's texts over the file's,
+    then users. `raw.interactions` is not read."""
+    src_items = raw.sources.get("items", "items")
+    items, q_items = clean_items(
+        raw.items, src_items, raw.text_template, raw.label_template, item_vectors
+    )
+    report = {"items": report_entry(src_items, raw.items.height, items.height, q_items)}
+    quarantine = [q_items]
+    if live_items is not None and not live_items.is_empty():
+        src_live_items = f"{live_source} (items)"
+        kept, q_live_items = clean_live_items(live_items, src_live_items)
+        report["live_items"] = report_entry(
+            src_live_items, live_items.height, kept.height, q_live_items
+        )
+        quarantine.append(q_live_items)
+        items = merge_live_items(items, kept)
+    users = None
+    if raw.users is not None:
+        src_users = raw.sources.get("users", "users")
+        users, q_users = clean_users(raw.users, src_users)
+        report["users"] = report_entry(src_users, raw.users.height, users.height, q_users)
+        quarantine.append(q_users)
+    return CleanCatalogue(items=items, users=users, report=report, quarantine=quarantine)
+
+
+def clean_live_events(
+    live_events: pl.DataFrame | None, known_items: pl.Series, live_source: str = "live log"
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]] | None:
+    """The live log's events under the file's rules, as their own source: (events, quarantine,
+    report entry); None when the log has none."""
+    if live_events is None or live_events.is_empty():
+        return None
+    src_live = f"{live_source} (events)"
+    # The log stores typed UTC times: read them as ISO text, whatever the file's format.
+    as_text = live_events.select(
+        pl.col(C.USER_ID),
+        pl.col(C.ITEM_ID),
+        pl.col(C.TIMESTAMP).dt.strftime("%Y-%m-%dT%H:%M:%S%.f%:z"),
+        pl.col(C.WEIGHT).cast(pl.Utf8),
+    )
+    live, q_live = clean_interactions(as_text, src_live, known_items, None, allow_empty=True)
+    return live, q_live, report_entry(src_live, as_text.height, live.height, q_live)
+
+
+def ordered_report(
+    interactions: dict[str, Any], catalogue: dict[str, Any], live_events: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """The cleaning report in its documented order: interactions, items, live items, live
+    events, users."""
+    report = {"interactions": interactions, "items": catalogue["items"]}
+    if "live_items" in catalogue:
+        report["live_items"] = catalogue["live_items"]
+    if live_events is not None:
+        report["live_events"] = live_events
+    if "users" in catalogue:
+        report["users"] = catalogue["users"]
+    return report
+
+
 def clean_all(
     raw: RawData,
     timestamp_format: str | None = None,
@@ -413,61 +489,36 @@ def clean_all(
     come from the service's live log (`tailor.livelog`): items are applied over the file's,
     events are cleaned as a second source with their own report entry and quarantine rows.
     """
-    src_items = raw.sources.get("items", "items")
+    if raw.interactions is None:
+        raise ValueError("clean_all needs the interactions; streamed files go part by part")
+    catalogue = clean_catalogue(raw, item_vectors, live_items, live_source)
+    known = catalogue.items.get_column(C.ITEM_ID)
     src_inter = raw.sources.get("interactions", "interactions")
-    items, q_items = clean_items(
-        raw.items, src_items, raw.text_template, raw.label_template, item_vectors
-    )
-    n_file_items = items.height
-    live_report = None
-    if live_items is not None and not live_items.is_empty():
-        src_live_items = f"{live_source} (items)"
-        kept, q_live_items = clean_live_items(live_items, src_live_items)
-        live_report = _report_entry(src_live_items, live_items.height, kept.height, q_live_items)
-        items = merge_live_items(items, kept)
-    interactions, q_inter = clean_interactions(
-        raw.interactions, src_inter, items.get_column(C.ITEM_ID), timestamp_format
-    )
-    report = {
-        "interactions": _report_entry(
-            src_inter, raw.interactions.height, interactions.height, q_inter
-        ),
-        "items": _report_entry(src_items, raw.items.height, n_file_items, q_items),
-    }
-    quarantines = [q_inter, q_items]
-    if live_report is not None:
-        report["live_items"] = live_report
-        quarantines.append(q_live_items)
-    if live_events is not None and not live_events.is_empty():
-        src_live = f"{live_source} (events)"
-        # The log stores typed UTC times: read them as ISO text, whatever the file's format.
-        as_text = live_events.select(
-            pl.col(C.USER_ID),
-            pl.col(C.ITEM_ID),
-            pl.col(C.TIMESTAMP).dt.strftime("%Y-%m-%dT%H:%M:%S%.f%:z"),
-            pl.col(C.WEIGHT).cast(pl.Utf8),
-        )
-        live, q_live = clean_interactions(
-            as_text, src_live, items.get_column(C.ITEM_ID), None, allow_empty=True
-        )
-        report["live_events"] = _report_entry(src_live, as_text.height, live.height, q_live)
-        quarantines.append(q_live)
-        interactions = pl.concat([interactions, live], how="diagonal_relaxed").sort(
+    interactions, q_inter = clean_interactions(raw.interactions, src_inter, known, timestamp_format)
+    entry = report_entry(src_inter, raw.interactions.height, interactions.height, q_inter)
+    live = clean_live_events(live_events, known, live_source)
+    if live is not None:
+        interactions = pl.concat([interactions, live[0]], how="diagonal_relaxed").sort(
             [C.USER_ID, C.TIMESTAMP], maintain_order=True
         )
-    users = None
-    if raw.users is not None:
-        src_users = raw.sources.get("users", "users")
-        users, q_users = clean_users(raw.users, src_users)
-        report["users"] = _report_entry(src_users, raw.users.height, users.height, q_users)
-        quarantines.append(q_users)
     return CleanData(
         interactions=interactions,
-        items=items,
-        users=users,
-        quarantine=pl.concat(quarantines, how="vertical"),
-        report=report,
+        items=catalogue.items,
+        users=catalogue.users,
+        quarantine=ordered_quarantine(q_inter, catalogue, live[1] if live else None),
+        report=ordered_report(entry, catalogue.report, live[2] if live else None),
     )
+
+
+def ordered_quarantine(
+    interactions: pl.DataFrame, catalogue: CleanCatalogue, live_events: pl.DataFrame | None
+) -> pl.DataFrame:
+    """Every rejected row, in the report's order of sources."""
+    frames = [interactions, *catalogue.quarantine]
+    if live_events is not None:
+        # before the users' rows, which `clean_catalogue` puts last
+        frames.insert(len(frames) - (catalogue.users is not None), live_events)
+    return pl.concat(frames, how="vertical")
 
 
 def summarize_quarantine(quarantine: pl.DataFrame) -> pl.DataFrame:

@@ -147,6 +147,8 @@ def build_histories(
         test_times=test_times,
     )
     if cold_events is not None and cold_events.height:
+        # By user, stably: the cases' order is then the same however the users were stored.
+        cold_events = cold_events.sort(C.USER_ID, maintain_order=True)
         _add_cold_cases(hist, frame, cold_events, position)
     return hist
 

@@ -37,7 +37,7 @@ class DataError(ValueError):
 class RawData:
     """Inputs as read: all columns `pl.Utf8`, canonical names from `tailor.columns`."""
 
-    interactions: pl.DataFrame
+    interactions: pl.DataFrame | None  # None: streamed in parts (`data.partition_events`)
     items: pl.DataFrame
     users: pl.DataFrame | None
     sources: dict[str, str]
@@ -477,25 +477,33 @@ def _rename_columns(
     return frame.select(mapped + rest)
 
 
-def load_files(data: DataSettings) -> RawData:
-    """The user's own interactions, items and optional users, under canonical column names."""
-    if data.interactions_path is None or data.items_path is None:
-        raise DataError("data.source='files' needs data.interactions_path and data.items_path")
+def interactions_columns(data: DataSettings) -> dict[str, tuple[str, str]]:
+    """canonical name -> (the interactions file's column, the setting naming it)."""
     cols = data.columns
-
-    inter_map = {
+    mapping = {
         C.USER_ID: (cols.user_id, "data.columns.user_id"),
         C.ITEM_ID: (cols.item_id, "data.columns.item_id"),
         C.TIMESTAMP: (cols.timestamp, "data.columns.timestamp"),
     }
     if cols.weight is not None:
-        inter_map[C.WEIGHT] = (cols.weight, "data.columns.weight")
-    interactions = _rename_columns(
-        read_table(data.interactions_path, "interactions"),
-        inter_map,
-        "interactions",
-        data.interactions_path,
-    )
+        mapping[C.WEIGHT] = (cols.weight, "data.columns.weight")
+    return mapping
+
+
+def load_files(data: DataSettings, with_interactions: bool = True) -> RawData:
+    """The user's own interactions, items and optional users, under canonical column names.
+    Without `with_interactions` the interactions file is left for a streamed read."""
+    if data.interactions_path is None or data.items_path is None:
+        raise DataError("data.source='files' needs data.interactions_path and data.items_path")
+    cols = data.columns
+    interactions = None
+    if with_interactions:
+        interactions = _rename_columns(
+            read_table(data.interactions_path, "interactions"),
+            interactions_columns(data),
+            "interactions",
+            data.interactions_path,
+        )
 
     items = _rename_columns(
         read_table(data.items_path, "items"),
@@ -523,8 +531,8 @@ def load_files(data: DataSettings) -> RawData:
     if data.users_path is not None:
         sources["users"] = str(data.users_path)
     log.info(
-        "read %d interactions, %d items%s from files",
-        interactions.height,
+        "read %s interactions, %d items%s from files",
+        interactions.height if interactions is not None else "(streamed)",
         items.height,
         f", {users.height} users" if users is not None else "",
     )
