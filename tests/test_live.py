@@ -283,3 +283,41 @@ def test_user_vector_batches_are_bounded_and_errors_reach_every_request():
     assert [str(e) for e in errors] == ["encoder down", "encoder down"]
     with pytest.raises(ValueError, match="max_batch must be at least 1"):
         UserVectorBatcher(encode, max_batch=0)
+
+
+def test_writes_arriving_during_a_commit_share_the_next_one():
+    from tailor.serving.batching import WriteBatcher
+
+    commits: list[list[int]] = []
+
+    async def write(batch):
+        commits.append(batch)
+        await asyncio.sleep(0.01)  # a commit in flight: later writes queue up
+        return [ValueError(f"odd {p}") if p % 7 == 0 else p * 10 for p in batch]
+
+    batcher = WriteBatcher(write, max_batch=3)
+
+    async def burst():
+        first = [batcher.submit(p) for p in range(2)]  # one turn: the first commit
+        await asyncio.sleep(0.001)
+        later = [batcher.submit(p) for p in range(2, 9)]  # during it: the next ones
+        return await asyncio.gather(*first, *later, return_exceptions=True)
+
+    results = asyncio.run(burst())
+    assert commits == [[0, 1], [2, 3, 4], [5, 6, 7], [8]]  # in order, at most 3 each
+    assert [str(r) if isinstance(r, Exception) else r for r in results] == [
+        "odd 0", 10, 20, 30, 40, 50, 60, "odd 7", 80,
+    ]  # fmt: skip
+    assert (batcher.batches, batcher.written) == (4, 9)
+
+    async def down(batch):
+        raise OSError("log unreachable")
+
+    failing = WriteBatcher(down)
+
+    async def two():
+        return await asyncio.gather(failing.submit(1), failing.submit(2), return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(two())] == ["log unreachable"] * 2
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        WriteBatcher(write, max_batch=0)

@@ -497,3 +497,84 @@ def test_a_full_encoder_queue_is_a_503_with_retry_after(settings_for):
         assert "retry shortly" in r.json()["detail"]
         queries._pending = 0
         assert c.post("/recommend", json={"query": "anything new", "k": 3}).status_code == 200
+
+
+def _burst(client, requests):
+    """Item-insert requests that reach the app in one turn of its event loop, through the
+    app's own write batcher: their answers (or errors), in order."""
+    import asyncio
+
+    svc, inserts = client.app.state.service, client.app.state.inserts
+
+    async def burst():
+        submitted = [
+            inserts.submit((items, svc.texts.encode([i.text for i in items]))) for items in requests
+        ]
+        return await asyncio.gather(*submitted, return_exceptions=True)
+
+    return client.portal.call(burst)
+
+
+def test_inserts_committed_together_serve_what_one_at_a_time_serves(settings_for, tmp_path):
+    import numpy as np
+
+    from tailor.data.livelog import LiveItem
+    from tailor.serving.recommend import LiveQuery
+
+    known = load_clean(settings_for()).items["item_id"][0]
+    requests = [
+        [LiveItem(f"burst-{i}", f"Burst Item {i}: a Story of Whales and Storms", f"B{i}")]
+        for i in range(6)
+    ]
+    requests[2] = [*requests[2], LiveItem(known, "A New Text for an Old Item", "Old")]
+    requests.append([LiveItem("burst-1", "Burst Item 1, Reworded", "B1 again")])
+    with TestClient(create_app(settings_for()), headers=AUTH) as c:
+        _wait_ready(c)
+        together = _burst(c, requests)
+        inserts = c.app.state.inserts
+        assert (inserts.batches, inserts.written) == (1, len(requests))  # one commit for all
+        batched = c.app.state.service
+        logged = LiveLog(batched.settings.live_url).items()
+        assert set(logged["item_id"]) == {i.item_id for r in requests for i in r}
+        query = LiveQuery(query="whales and storms", k=10)
+        got = batched.recommend(query, {query.query: batched.queries.encode([query.query])[0]})
+
+    alone_settings = settings_for(live_url=f"sqlite:///{tmp_path / 'alone.db'}")
+    with TestClient(create_app(alone_settings), headers=AUTH) as c:
+        _wait_ready(c)
+        svc = c.app.state.service
+        alone = [svc.upsert_items(r, svc.texts.encode([i.text for i in r])) for r in requests]
+        want = svc.recommend(query, {query.query: svc.queries.encode([query.query])[0]})
+        assert together == alone
+        assert together[2] == (["burst-2"], [known]) and together[-1] == ([], ["burst-1"])
+        assert batched.model.position == svc.model.position
+        assert batched.model.texts == svc.model.texts and batched.model.labels == svc.model.labels
+        rows = np.arange(svc.model.n_items)
+        np.testing.assert_allclose(
+            batched.model.model.item_vectors(rows), svc.model.model.item_vectors(rows), atol=1e-6
+        )
+        assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
+        assert any(i.item_id.startswith("burst-") for i in got.items)
+        np.testing.assert_allclose(
+            [i.score for i in got.items], [i.score for i in want.items], atol=1e-6
+        )
+
+
+def test_a_burst_over_the_live_item_cap_refuses_only_the_requests_past_it(settings_for):
+    from tailor.data.livelog import LiveItem
+    from tailor.serving.service import LiveItemsFullError
+
+    with TestClient(create_app(settings_for(max_live_items=1)), headers=AUTH) as c:
+        _wait_ready(c)
+        answers = _burst(
+            c,
+            [
+                [LiveItem("cap-a", "First Live Item", "A")],
+                [LiveItem("cap-b", "Second Live Item", "B")],
+                [LiveItem("cap-a", "First Live Item, Reworded", "A")],
+            ],
+        )
+        assert answers[0] == (["cap-a"], []) and answers[2] == ([], ["cap-a"])
+        assert isinstance(answers[1], LiveItemsFullError)
+        assert c.get("/items/cap-b").status_code == 404  # nothing half-added
+        assert "cap-b" not in set(LiveLog(c.app.state.service.settings.live_url).items()["item_id"])

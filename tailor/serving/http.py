@@ -47,6 +47,7 @@ from pydantic import (
 )
 
 from tailor.data.livelog import LiveEvent, LiveItem, LiveLogError
+from tailor.serving.batching import WriteBatcher
 from tailor.serving.encoder import EncoderBusyError, NoTextSpaceError
 from tailor.serving.recommend import LiveQuery
 from tailor.serving.service import LiveItemsFullError, Service, UnknownItemsError
@@ -445,6 +446,19 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             _settle_heap()
             return True
 
+    async def write_items(batch: list[tuple[list[LiveItem], Any]]) -> list:
+        """Many requests' items: one commit to the live log, in a worker thread so reads go on
+        meanwhile, then one model update; a request over the live-item cap is refused alone."""
+        refused = service.admit_items([items for items, _ in batch])
+        admitted = [b for b, no in zip(batch, refused, strict=True) if no is None]
+        if admitted:
+            rows = [item for items, _ in admitted for item in items]
+            await run_in_threadpool(service.live_log.upsert_items, rows)
+        applied = iter(service.apply_items(admitted))
+        return [no if no is not None else next(applied) for no in refused]
+
+    inserts = WriteBatcher(write_items, settings.serve.insert_batch)
+
     async def poll() -> None:
         await reload_once()
         every = settings.serve.poll_seconds
@@ -471,6 +485,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.inserts = inserts  # its batching figures, for the benchmark
     app.add_middleware(_BodyLimit, max_bytes=settings.serve.max_body_bytes)
 
     def serving() -> Service:
@@ -591,7 +606,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         last = {i.item_id: i for i in body.items}
         items = [LiveItem(i.item_id, i.text, i.label or i.item_id) for i in last.values()]
         vectors = await asyncio.wrap_future(svc.texts.submit([i.text for i in items]))
-        inserted, updated = svc.upsert_items(items, vectors)
+        inserted, updated = await inserts.submit((items, vectors))
         return ItemsResponse(model_version=svc.model.version, inserted=inserted, updated=updated)
 
     @app.get(

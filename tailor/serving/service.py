@@ -225,24 +225,69 @@ class Service:
 
         New ids beyond `serve.max_live_items` since the model was trained are refused
         (`LiveItemsFullError`): the live index and model grow with every one until the next
-        nightly run folds them into the catalogue."""
-        assert self.model is not None and self.state is not None
-        fresh = {i.item_id for i in items if i.item_id not in self.model.position}
+        nightly run folds them into the catalogue. (The HTTP service runs the three steps
+        below for many requests at once.)"""
+        [refused] = self.admit_items([items])
+        if refused is not None:
+            raise refused
+        self.live_log.upsert_items(items)
+        return self.apply_items([(items, vectors)])[0]
+
+    def admit_items(
+        self, requests: Sequence[Sequence[LiveItem]]
+    ) -> list[LiveItemsFullError | None]:
+        """Per request, in order: None when its new ids fit under `serve.max_live_items` with
+        those of the requests admitted before it, else the error it is answered with."""
+        assert self.model is not None
         cap = self.settings.serve.max_live_items
         held = int(self.model.new.sum())
-        if fresh and held + len(fresh) > cap:
-            raise LiveItemsFullError(
-                f"{held} items were added since this model was trained and "
-                f"serve.max_live_items is {cap}: {len(fresh)} more cannot be added until the "
-                "next training run"
-            )
-        self.live_log.upsert_items(items)
-        rows = [(i.item_id, i.text, i.label) for i in items]
-        inserted, updated = self.model.upsert_items(rows, vectors)
-        for item, vector in zip(items, vectors, strict=True):
-            self.state.items[item.item_id] = (item.text, item.label)
-            self._inserted[item.item_id] = np.asarray(vector, dtype=np.float32)
-        return inserted, updated
+        admitted: set[str] = set()
+        out: list[LiveItemsFullError | None] = []
+        for items in requests:
+            fresh = {
+                i.item_id
+                for i in items
+                if i.item_id not in self.model.position and i.item_id not in admitted
+            }
+            if fresh and held + len(admitted) + len(fresh) > cap:
+                out.append(
+                    LiveItemsFullError(
+                        f"{held + len(admitted)} items were added since this model was trained "
+                        f"and serve.max_live_items is {cap}: {len(fresh)} more cannot be added "
+                        "until the next training run"
+                    )
+                )
+                continue
+            admitted |= fresh
+            out.append(None)
+        return out
+
+    def apply_items(
+        self, requests: Sequence[tuple[Sequence[LiveItem], np.ndarray]]
+    ) -> list[tuple[list[str], list[str]]]:
+        """The in-memory half of `upsert_items` for requests the live log already holds: one
+        model update for all of them (the last text of an id wins, as in the log), and per
+        request the (inserted, updated) ids it would have got alone, in order."""
+        assert self.model is not None and self.state is not None
+        last: dict[str, tuple[LiveItem, np.ndarray]] = {}
+        for items, vectors in requests:
+            for item, vector in zip(items, vectors, strict=True):
+                # first place, last text: positions as if each request had come alone
+                last[item.item_id] = (item, np.asarray(vector, dtype=np.float32))
+        answers = []
+        known = set()
+        for items, _ in requests:
+            ids = [i.item_id for i in items]
+            seen = [i for i in ids if i in self.model.position or i in known]
+            answers.append(([i for i in ids if i not in seen], seen))
+            known.update(ids)
+        if last:
+            rows = [(i.item_id, i.text, i.label) for i, _ in last.values()]
+            self.model.upsert_items(rows, np.stack([v for _, v in last.values()]))
+            for item, vector in last.values():
+                self.state.items[item.item_id] = (item.text, item.label)
+                self._inserted[item.item_id] = vector
+        return answers
 
     def add_events(self, events: Sequence[LiveEvent]) -> int:
         """Validate, persist, then apply to each user's history (their session) at once."""
