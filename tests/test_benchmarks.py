@@ -108,3 +108,23 @@ def test_train_speed_benchmark_compares_the_two_recipes(tmp_path):
     differences = [cells for cells in lines if len(cells) == 5 and cells[0] == "new default"]
     assert len(differences) == 1
     assert all(cell.count("[") == 1 for cell in differences[0][1:])  # each with its interval
+
+
+def test_train_scale_benchmark_times_both_window_paths_on_the_same_windows(tmp_path):
+    options = ["--events", "20000", "--items", "3000", "--steps", "5", "--workdir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/train_scale.py", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 20,000 |")]
+    assert [r.split("|")[3].strip() for r in rows] == [
+        "in memory (fit)",
+        "from the file (fit_windows)",
+    ]
+    windows = {r.split("|")[2].strip() for r in rows}
+    assert len(windows) == 1 and int(windows.pop().replace(",", "")) > 0  # the same windows
+    assert all(float(r.split("|")[5]) > 0 for r in rows)

@@ -4,7 +4,10 @@ An item's vector is adapter(frozen language-model vector) + a learned id embeddi
 part means a new or rarely seen item already lands near the items it reads like; the id part
 lets interactions move well-known items where the data puts them. A user is the last hidden
 state of the transformer over their recent history (SASRec-style), trained with a full softmax
-over the catalogue at every position (cheap for catalogues up to ~100k items on a CPU).
+over the catalogue at every position (cheap for catalogues up to ~100k items on a CPU), or
+above that (`train.softmax`) with a sampled one: each target against shared uniform negatives,
+touching only the vectors a step needs, the id table updated sparsely. Windows come from memory
+(`fit`) or from a window file on disk (`fit_windows`, `tailor.models.windows`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from tqdm.auto import tqdm
 
 from tailor.models.encoder import pick_device
 from tailor.models.hardware import autocast_bf16, free_cores
+from tailor.models.windows import WindowFile
 from tailor.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -133,6 +137,25 @@ class SeqRecNet(nn.Module):
             items = items + ids
         return items
 
+    def item_rows(
+        self, ids: torch.Tensor, keep_id: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text view, item vectors) of the items at `ids` only: `item_matrix` row by row,
+        for a step that needs a few thousand items of a large catalogue."""
+        if self.adapter is None:
+            text = torch.zeros(len(ids), self.cfg.dim, device=self.text.device)
+        else:
+            text = self.adapter(self.text[ids])
+        items = text
+        if self.item_id is not None:
+            rows = self.item_id(ids)
+            if self.cfg.id_gate > 0:
+                rows = rows * self.id_scale[ids].unsqueeze(1)
+            if keep_id is not None:
+                rows = rows * keep_id.unsqueeze(1)
+            items = text + rows
+        return text, items
+
     def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L, dim) for left-padded sequences (padding = -1)."""
         if items is None:
@@ -215,6 +238,50 @@ def learning_rate_shape(schedule: str, warmup: float, total_steps: int) -> Calla
     return shape
 
 
+class _MemoryWindows:
+    """Windows cut in memory from histories; an epoch is one permutation of them."""
+
+    def __init__(
+        self,
+        histories: Sequence[np.ndarray],
+        max_len: int,
+        liked: Sequence[np.ndarray] | None,
+        n_items: int,
+    ) -> None:
+        windows, target_ok = make_training_windows(histories, max_len, liked)
+        self.n = len(windows)
+        self.targets = int(target_ok[:, 1:].sum())
+        self.inputs = torch.as_tensor(windows[:, :-1])
+        self.targets_ = torch.as_tensor(np.where(target_ok[:, 1:], windows[:, 1:], -1))
+        events = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories] or [[]])
+        events = events.astype(np.int64)
+        if liked is not None and len(events):
+            events = events[np.concatenate([np.asarray(m, dtype=bool) for m in liked])]
+        self.counts = np.bincount(events, minlength=n_items)
+
+    def batches(
+        self, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(rng.permutation(self.n))
+        for start in range(0, self.n, batch_size):
+            batch = order[start : start + batch_size]
+            yield self.inputs[batch], self.targets_[batch]
+
+
+class _FileWindows:
+    """Windows read from a window file in a seeded block shuffle."""
+
+    def __init__(self, windows: WindowFile, block: int, buffer_blocks: int) -> None:
+        self.windows, self.block, self.buffer_blocks = windows, block, buffer_blocks
+        self.n, self.targets, self.counts = windows.n, windows.targets, windows.counts
+
+    def batches(
+        self, rng: np.random.Generator, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.windows.batches(rng, batch_size, self.block, self.buffer_blocks):
+            yield torch.as_tensor(x), torch.as_tensor(y)
+
+
 @dataclass
 class FitReport:
     losses: list[float]  # mean training loss per epoch
@@ -225,6 +292,7 @@ class FitReport:
     # torch threads the fit ran on: sums reduce in another order on another count, so runs
     # agree to the last digit only at the same count (`train.threads = auto` follows the load).
     threads: int = 0
+    steps: int = 0  # optimiser steps taken
 
 
 class SeqRecommender:
@@ -259,13 +327,52 @@ class SeqRecommender:
         valid_fn: Callable[[SeqRecommender], float] | None = None,
         progress: bool = False,
         liked: Sequence[np.ndarray] | None = None,
+        max_steps: int | None = None,
     ) -> FitReport:
         """Train on histories (item positions in time order).
 
         Every event is input; only the positives (`liked`, one bool per event; every event
         without it) are prediction targets. With `valid_fn` (higher is better) the weights of
-        the best epoch are kept.
+        the best epoch are kept. `max_steps` ends the fit early (a benchmark's budget).
         """
+        source = _MemoryWindows(histories, self.settings.max_len, liked, self.n_items)
+        return self._fit_deterministic(source, seed, valid_fn, progress, max_steps)
+
+    def fit_windows(
+        self,
+        windows: WindowFile,
+        seed: int,
+        valid_fn: Callable[[SeqRecommender], float] | None = None,
+        progress: bool = False,
+        block: int = 65_536,
+        buffer_blocks: int = 4,
+        max_steps: int | None = None,
+    ) -> FitReport:
+        """Train on windows on disk (`tailor.models.windows.write_windows`): memory holds
+        `buffer_blocks` blocks of `block` windows, whatever the number of events. The result
+        is `fit`'s on the same histories when one buffer holds every window. `max_steps` ends
+        the fit early (a benchmark's or a smoke run's budget)."""
+        if windows.width != self.settings.max_len + 1:
+            raise ValueError(
+                f"{windows.folder}: windows of {windows.width - 1} events, the model reads "
+                f"{self.settings.max_len} (train.max_len)"
+            )
+        if len(windows.counts) != self.n_items:
+            raise ValueError(
+                f"{windows.folder}: windows over {len(windows.counts)} items, the model has "
+                f"{self.n_items}"
+            )
+        source = _FileWindows(windows, block, buffer_blocks)
+        return self._fit_deterministic(source, seed, valid_fn, progress, max_steps)
+
+    def _fit_deterministic(
+        self,
+        source: _MemoryWindows | _FileWindows,
+        seed: int,
+        valid_fn: Callable[[SeqRecommender], float] | None,
+        progress: bool,
+        max_steps: int | None = None,
+    ) -> FitReport:
         # Multithreaded scatter-adds (the backward of the item gather) sum in a varying order;
         # deterministic kernels make two runs with one seed give identical metrics.
         previous = torch.are_deterministic_algorithms_enabled()
@@ -276,18 +383,18 @@ class SeqRecommender:
         fill = torch.utils.deterministic.fill_uninitialized_memory
         torch.utils.deterministic.fill_uninitialized_memory = False
         try:
-            return self._fit(histories, seed, valid_fn, progress, liked)
+            return self._fit(source, seed, valid_fn, progress, max_steps)
         finally:
             torch.utils.deterministic.fill_uninitialized_memory = fill
             torch.use_deterministic_algorithms(previous)
 
     def _fit(
         self,
-        histories: Sequence[np.ndarray],
+        source: _MemoryWindows | _FileWindows,
         seed: int,
         valid_fn: Callable[[SeqRecommender], float] | None,
         progress: bool,
-        liked: Sequence[np.ndarray] | None,
+        max_steps: int | None = None,
     ) -> FitReport:
         started = time.perf_counter()
         s = self.settings
@@ -297,15 +404,9 @@ class SeqRecommender:
         bf16 = s.precision == "bf16" or (s.precision == "auto" and autocast_bf16(self.device))
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        windows, target_ok = make_training_windows(histories, s.max_len, liked)
-        if len(windows) == 0 or not target_ok[:, 1:].any():
+        if source.n == 0 or not source.targets:
             raise ValueError("no user has a positive training event after another event")
-        inputs = torch.as_tensor(windows[:, :-1])
-        targets = torch.as_tensor(np.where(target_ok[:, 1:], windows[:, 1:], -1))
-        events = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
-        if liked is not None:
-            events = events[np.concatenate([np.asarray(m, dtype=bool) for m in liked])]
-        counts = np.bincount(events, minlength=self.n_items)
+        counts = source.counts
         # Items that are never a training target are not in the catalogue yet as far as
         # training knows (new items): keeping them out of the softmax leaves their id embedding
         # at zero, so only their text places them, instead of learning "never chosen" as a fact.
@@ -321,41 +422,50 @@ class SeqRecommender:
             # Few events, little id: rare items lean on their text, frequent ones on their id.
             scale = counts / (counts + self.config.id_gate)
             self.net.id_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
-        # Fused: one kernel for every parameter's update instead of a dozen ops per tensor.
-        opt = torch.optim.AdamW(
-            self.net.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay, fused=True
-        )
-        steps_per_epoch = math.ceil(len(windows) / s.batch_size)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, learning_rate_shape(s.schedule, s.warmup, steps_per_epoch * s.epochs)
-        )
+        steps_per_epoch = math.ceil(source.n / s.batch_size)
+        sampler = self._negative_sampler(counts)
+        shape = learning_rate_shape(s.schedule, s.warmup, steps_per_epoch * s.epochs)
+        optimisers = self._optimisers(sparse_ids=sampler is not None)
+        schedules = [torch.optim.lr_scheduler.LambdaLR(o, shape) for o in optimisers]
         report = FitReport(losses=[], valid_scores=[], best_epoch=s.epochs, seconds=0.0)
         best_state: dict[str, torch.Tensor] | None = None
         best_score = -math.inf
         bar = tqdm(range(1, s.epochs + 1), desc="train", unit="epoch", disable=not progress)
+        steps = 0
         for epoch in bar:
             self.net.train()
-            order = torch.as_tensor(rng.permutation(len(windows)))
             total = torch.zeros((), device=self.device)
             count = 0
-            for step in range(steps_per_epoch):
-                batch = order[step * s.batch_size : (step + 1) * s.batch_size]
-                x = inputs[batch]
-                y = targets[batch]
+            # Long epochs (millions of windows) get a bar of their own steps.
+            step_bar = tqdm(
+                source.batches(rng, s.batch_size),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}",
+                unit="step",
+                leave=False,
+                disable=not progress or steps_per_epoch < 1_000,
+            )
+            for x, y in step_bar:
+                if max_steps is not None and steps >= max_steps:
+                    break
+                steps += 1
                 # Windows are left-padded: columns that are padding in every row of the batch
                 # cost attention and feed-forward time for nothing, so they are cut.
                 first = int((x >= 0).any(0).int().argmax())
                 x, y = x[:, first:].to(self.device), y[:, first:].to(self.device)
                 valid = (y >= 0) & (x >= 0)
                 with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=bf16):
-                    loss = self._step_loss(x, y[valid], valid, logit_bias)
-                opt.zero_grad(set_to_none=True)
+                    loss = self._step_loss(x, y[valid], valid, logit_bias, sampler)
+                for opt in optimisers:
+                    opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
-                schedule.step()
+                for opt, schedule in zip(optimisers, schedules, strict=True):
+                    opt.step()
+                    schedule.step()
                 n = int(valid.sum())
                 total += loss.detach().float() * n
                 count += n
+            step_bar.close()
             report.losses.append(float(total) / max(count, 1))
             postfix = {"loss": f"{report.losses[-1]:.4f}"}
             validate = epoch % s.valid_every == 0 or epoch == s.epochs
@@ -373,6 +483,8 @@ class SeqRecommender:
                         }
             bar.set_postfix(postfix)
             log.info("epoch %d loss %.4f %s", epoch, report.losses[-1], postfix.get("valid", ""))
+            if max_steps is not None and steps >= max_steps:
+                break
             if (
                 valid_fn is not None
                 and s.patience
@@ -387,15 +499,63 @@ class SeqRecommender:
             report.best_epoch = len(report.losses)  # the weights kept are the last epoch's
         if not self.config.text_view and self.config.text:
             self.impute_untrained_ids(counts > 0)
+        if self.net.item_id is not None:
+            self.net.item_id.sparse = False
         report.seconds = time.perf_counter() - started
         report.threads = torch.get_num_threads()
+        report.steps = steps
         return report
 
+    def _optimisers(self, sparse_ids: bool) -> list[torch.optim.Optimizer]:
+        """AdamW over every parameter (fused: one kernel for all their updates). With
+        `sparse_ids` (the sampled softmax) the id table is left to a lazy SparseAdam: a step
+        touches a few thousand of its rows, and a dense gradient and update of every row
+        was 80 % of a step at 10^6 items (it has no weight decay, the only difference)."""
+        s = self.settings
+        ids = self.net.item_id
+        if not sparse_ids or ids is None:
+            params = list(self.net.parameters())
+            return [
+                torch.optim.AdamW(
+                    params, lr=s.learning_rate, weight_decay=s.weight_decay, fused=True
+                )
+            ]
+        ids.sparse = True
+        rest = [p for p in self.net.parameters() if p is not ids.weight]
+        return [
+            torch.optim.AdamW(rest, lr=s.learning_rate, weight_decay=s.weight_decay, fused=True),
+            torch.optim.SparseAdam([ids.weight], lr=s.learning_rate),
+        ]
+
+    def _negative_sampler(self, counts: np.ndarray) -> Callable[[], torch.Tensor] | None:
+        """None for a full softmax; else a draw of `train.negatives` positions, uniform over
+        the items with training targets (uniform, so every candidate's sampling correction is
+        the same constant and cancels in the softmax)."""
+        s = self.settings
+        full = s.softmax == "full" or (s.softmax == "auto" and self.n_items <= s.full_softmax_items)
+        if full:
+            return None
+        trained = torch.as_tensor(np.flatnonzero(counts > 0), device=self.device)
+        share = torch.as_tensor(counts / max(counts.sum(), 1), dtype=torch.float32)
+        self._target_share = (share.to(self.device), len(trained))
+        if s.negatives >= len(trained):
+            return lambda: trained  # every trained item: the full softmax, in candidates
+        size = (s.negatives,)
+        return lambda: trained[torch.randint(len(trained), size, device=self.device)]
+
     def _step_loss(
-        self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, logit_bias: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        valid: torch.Tensor,
+        logit_bias: torch.Tensor,
+        sampler: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The full-softmax loss of one batch: the full view and, with `text_view`, the text
-        view alone (it is all a new item has), both from one product with the catalogue."""
+        view alone (it is all a new item has), both from one product with the catalogue.
+        With a `sampler`, the sampled-softmax loss instead (`_sampled_step_loss`)."""
+        if sampler is not None:
+            return self._sampled_step_loss(x, y, valid, logit_bias, sampler())
         s = self.settings
         keep = None
         if s.id_dropout > 0:
@@ -421,6 +581,60 @@ class SeqRecommender:
         loss = nn.functional.cross_entropy(logits[:, :n] + logit_bias, y)
         text_loss = nn.functional.cross_entropy(logits[:, n:] + logit_bias, y)
         return loss + s.text_view_weight * text_loss
+
+    def _sampled_step_loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        valid: torch.Tensor,
+        logit_bias: torch.Tensor,
+        negatives: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each target against the batch's shared `negatives` (positions), computing vectors
+        only for the items the batch reads or scores: a step costs the same for 10^4 or
+        10^6 items. A negative that is the target itself is masked out (an accidental hit)."""
+        s = self.settings
+        bias_y, bias_neg = logit_bias[y], None
+        if s.in_batch_negatives:
+            # The batch's targets join the negatives: popular items, sampled about as often
+            # as they are targets. Each candidate's logit is corrected by the log of its
+            # expected count among the candidates (logQ), the positive's too.
+            share, n_trained = self._target_share
+            uniform = len(negatives) / n_trained
+            negatives = torch.cat([negatives, y])
+            bias_y = bias_y - torch.log(uniform + len(y) * share[y])
+            bias_neg = logit_bias[negatives] - torch.log(uniform + len(y) * share[negatives])
+        if bias_neg is None:
+            bias_neg = logit_bias[negatives]
+        seen = x >= 0
+        uniq, inverse = torch.unique(torch.cat([x[seen], y, negatives]), return_inverse=True)
+        n_x, n_y = int(seen.sum()), len(y)
+        keep = None
+        if s.id_dropout > 0:
+            keep = torch.rand(len(uniq), device=self.device) >= s.id_dropout
+        text_rows, item_rows = self.net.item_rows(uniq, keep)
+        local_x = torch.full_like(x, -1)
+        local_x[seen] = inverse[:n_x]
+        local_y, local_neg = inverse[n_x : n_x + n_y], inverse[n_x + n_y :]
+        h = self.net.encode(local_x, item_rows)[valid]
+        hit_rows, hit_cols = torch.nonzero(negatives.unsqueeze(0) == y.unsqueeze(1), as_tuple=True)
+        minus_inf = torch.tensor(-torch.inf, device=h.device)
+
+        def loss_of(rows: torch.Tensor) -> torch.Tensor:
+            # Column 0 is the target, the rest the shared negatives with their bias added
+            # inside the product; at thousands of negatives this matrix is the step's cost.
+            positive = (h * rows[local_y]).sum(-1, keepdim=True) + bias_y.unsqueeze(1)
+            negative = torch.addmm(bias_neg, h, rows[local_neg].T)
+            # Accidental hits (a negative that is the target itself) leave the softmax: few,
+            # so set one by one rather than masking the whole matrix.
+            negative.index_put_((hit_rows, hit_cols), minus_inf)
+            logits = torch.cat([positive, negative], dim=1)
+            return nn.functional.cross_entropy(logits, torch.zeros_like(y))
+
+        loss = loss_of(item_rows)
+        if self.config.text_view:
+            loss = loss + s.text_view_weight * loss_of(text_rows)
+        return loss
 
     @torch.no_grad()
     def impute_untrained_ids(self, trained: np.ndarray) -> int:
