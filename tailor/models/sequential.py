@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from tailor.models.encoder import pick_device
 from tailor.models.hardware import autocast_bf16, free_cores
-from tailor.models.windows import WindowFile
+from tailor.models.windows import WindowFile, cut_windows, pad_windows
 from tailor.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -199,25 +199,12 @@ def make_training_windows(
     Returns the windows (left-padded with -1) and, aligned with them, whether each event may
     be a target: a positive (`liked`; every event without it).
     """
-    windows: list[np.ndarray] = []
-    flags: list[np.ndarray] = []
+    rows: list[tuple[np.ndarray, np.ndarray]] = []
     for row, hist in enumerate(histories):
         hist = np.asarray(hist, dtype=np.int64)
         ok = np.ones(len(hist), dtype=bool) if liked is None else np.asarray(liked[row], bool)
-        end = len(hist)
-        while end >= 2:
-            start = max(0, end - (max_len + 1))
-            windows.append(hist[start:end])
-            flags.append(ok[start:end])
-            end = start + 1
-            if start == 0:
-                break
-    padded = left_pad(windows, max_len + 1)
-    target_ok = np.zeros(padded.shape, dtype=bool)
-    for row, ok in enumerate(flags):
-        if len(ok):
-            target_ok[row, -len(ok) :] = ok
-    return padded, target_ok
+        rows.extend(cut_windows(hist, ok, max_len))
+    return pad_windows(rows, max_len + 1)
 
 
 def learning_rate_shape(schedule: str, warmup: float, total_steps: int) -> Callable[[int], float]:
@@ -319,6 +306,9 @@ class SeqRecommender:
         # Rows of the frozen matrices for trained items (the text view's normalisers).
         self._frozen_trained: tuple[torch.Tensor, torch.Tensor] | None = None
         self._single = None  # the encoder traced for one user, made by `freeze`
+        # (each item's share of training targets, trained items): set with the sampled
+        # softmax's sampler, read by its logQ correction.
+        self._target_share: tuple[torch.Tensor, int] | None = None
 
     def fit(
         self,

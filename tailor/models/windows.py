@@ -109,8 +109,9 @@ class WindowFile:
 def cut_windows(
     hist: np.ndarray, ok: np.ndarray, max_len: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One history's windows of max_len + 1 events, newest first, overlapping by one event
-    (the rule of `make_training_windows`)."""
+    """One history's windows of max_len + 1 events, newest first, overlapping by one event:
+    every event but the first is a target exactly once (what `make_training_windows` and
+    `write_windows` both cut)."""
     out = []
     end = len(hist)
     while end >= 2:
@@ -120,6 +121,20 @@ def cut_windows(
         if start == 0:
             break
     return out
+
+
+def pad_windows(
+    rows: Sequence[tuple[np.ndarray, np.ndarray]], width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`cut_windows` rows left-padded to `width`: (item positions int64, -1 = padding; target
+    flags bool, False on padding)."""
+    windows = np.full((len(rows), width), -1, dtype=np.int64)
+    flags = np.zeros((len(rows), width), dtype=bool)
+    for r, (hist, ok) in enumerate(rows):
+        if len(hist):
+            windows[r, width - len(hist) :] = hist
+            flags[r, width - len(ok) :] = ok
+    return windows, flags
 
 
 def write_windows(
@@ -182,13 +197,9 @@ def write_windows(
                 rows.extend(cut_windows(pos[s:e], ok[s:e], max_len))
             if not rows:
                 return 0
-            block = np.full((len(rows), width), -1, dtype=np.int32)
-            flags = np.zeros((len(rows), width), dtype=np.uint8)
-            for r, (hist, liked) in enumerate(rows):
-                block[r, width - len(hist) :] = hist
-                flags[r, width - len(liked) :] = liked
-            items_out.write(block.tobytes())
-            flags_out.write(flags.tobytes())
+            block, flags = pad_windows(rows, width)
+            items_out.write(block.astype(np.int32).tobytes())
+            flags_out.write(flags.astype(np.uint8).tobytes())
             nonlocal targets
             targets += int(flags[:, 1:].sum())
             return len(rows)
