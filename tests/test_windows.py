@@ -104,7 +104,7 @@ def test_a_fit_from_the_window_file_is_the_in_memory_fit(tmp_path, rng):
         SeqRecommender(text, settings.model_copy(update={"max_len": 5})).fit_windows(windows, 0)
 
 
-def test_blocks_fit_to_the_same_quality_as_one_shuffle(tmp_path, rng):
+def test_a_fit_read_in_small_shuffled_blocks_learns_the_task(tmp_path, rng):
     histories, liked, text, ids = task(rng, n_users=150)
     liked = [np.ones(len(h), dtype=bool) for h in histories]
     events_file(tmp_path / "events.parquet", histories, liked, ids)
