@@ -32,10 +32,20 @@ def _prepare(args: argparse.Namespace):
     return settings
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _prepare_flow(args: argparse.Namespace):
+    """`_prepare`, and Prefect's temporary API (if one is needed) starting in the background
+    while the command imports its flow; call the returned wait before running the flow."""
     settings = _prepare(args)
+    from flows.api import start_temporary_api
+
+    return settings, start_temporary_api()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings, api_ready = _prepare_flow(args)
     from flows.pipeline import train_and_refresh
 
+    api_ready()
     result = train_and_refresh(settings=settings)
     _print_train(result.train, settings)
     _print_refresh(result.refresh)
@@ -44,18 +54,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    settings = _prepare(args)
+    settings, api_ready = _prepare_flow(args)
     from flows.train import train
 
+    api_ready()
     _print_train(train(settings=settings), settings)
     _print_where(settings)
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    settings = _prepare(args)
+    settings, api_ready = _prepare_flow(args)
     from flows.search import search
 
+    api_ready()
     result = search(settings=settings)
     print(result.table.read_text())
     chosen = ", ".join(f"train.{k}={v}" for k, v in result.best_params.items())
@@ -80,9 +92,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    settings = _prepare(args)
+    settings, api_ready = _prepare_flow(args)
     from flows.refresh import nightly_refresh
 
+    api_ready()
     _print_refresh(nightly_refresh(settings=settings, model_version=args.model_version))
     _print_where(settings)
     return 0

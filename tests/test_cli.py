@@ -39,3 +39,45 @@ def test_recommend_before_any_refresh_says_what_to_do(settings, capsys, monkeypa
     monkeypatch.setenv("TAILOR_WORKDIR", str(settings.workdir))
     assert main(["recommend", "42"]) == 1
     assert "tailor run" in capsys.readouterr().err
+
+
+_START_API = """
+import threading, httpx
+from flows.api import start_temporary_api
+wait = start_temporary_api()
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+named = [t.name for t in threading.enumerate()]
+wait()
+print("thread", "tailor-prefect-api" in named)
+print("running", server.running)
+if server.running:
+    print("health", httpx.get(server.api_url + "/health").status_code)
+    server.stop()
+"""
+
+
+def _start_api_in_child(tmp_path, api_url: str | None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    done = subprocess.run(
+        [sys.executable, "-c", _START_API], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_temporary_api_starts_in_the_background_and_answers(tmp_path):
+    out = _start_api_in_child(tmp_path, None)
+    assert "thread True" in out and "running True" in out and "health 200" in out
+
+
+def test_no_temporary_api_when_a_server_is_configured(tmp_path):
+    out = _start_api_in_child(tmp_path, "http://127.0.0.1:9/api")
+    assert "thread False" in out and "running False" in out
