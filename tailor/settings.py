@@ -649,7 +649,10 @@ class ServeSettings(_Section):
         "most: inserts arriving during a commit share the next one.",
     )
     torch_threads: int = Field(
-        1, ge=1, description="Torch threads per request; 1 leaves the other core to requests."
+        1,
+        ge=1,
+        description="torch and faiss (OpenMP) threads per request; 1 leaves the other core to "
+        "the language model and to other requests.",
     )
     max_live_users: int = Field(
         100_000,

@@ -128,3 +128,22 @@ def test_train_scale_benchmark_times_both_window_paths_on_the_same_windows(tmp_p
     windows = {r.split("|")[2].strip() for r in rows}
     assert len(windows) == 1 and int(windows.pop().replace(",", "")) > 0  # the same windows
     assert all(float(r.split("|")[5]) > 0 for r in rows)
+
+
+def test_main_job_benchmark_times_the_quiet_and_the_busy_run(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/main_job.py", "--preset", "tiny", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "main_job.json").read_text())
+    assert [r["busy"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 100
+        assert r["fit_epochs"] >= 1 and r["threads"] >= 1 and 0 < r["ndcg_at_10"] < 1
+    # The busy run trains on the cores left idle: never more threads than the quiet run.
+    assert rows[1]["threads"] <= rows[0]["threads"]
+    assert "| 1 |" in done.stdout and "vs quiet" in done.stdout

@@ -499,6 +499,19 @@ def test_a_full_encoder_queue_is_a_503_with_retry_after(settings_for):
         assert c.post("/recommend", json={"query": "anything new", "k": 3}).status_code == 200
 
 
+def test_the_event_loop_searches_with_serve_threads(client, settings_for):
+    """OpenMP counts threads per calling thread. The event loop's thread searches faiss; left
+    at one thread per core, the idle team spins after each search on the core the language
+    model needs, so the app sets the count on that thread itself."""
+    import faiss
+    import torch
+
+    _wait_ready(client)
+    wanted = settings_for().serve.torch_threads
+    on_loop = client.portal.call(lambda: (faiss.omp_get_max_threads(), torch.get_num_threads()))
+    assert on_loop == (wanted, wanted)
+
+
 def _burst(client, requests):
     """Item-insert requests that reach the app in one turn of its event loop, through the
     app's own write batcher: their answers (or errors), in order."""

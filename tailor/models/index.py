@@ -122,6 +122,17 @@ def depth_parameter(index) -> str | None:
     return None
 
 
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads for faiss calls made from the calling thread.
+
+    OpenMP keeps this count per thread: a thread that never sets it gets one per core. A server
+    whose event loop searches with the default leaves an OpenMP team spinning after every
+    search on the core its language model needs (new-query requests cost 7.4 ms of CPU each
+    instead of 4.3 ms here), so each thread that serves searches calls this itself.
+    """
+    faiss.omp_set_num_threads(threads)
+
+
 def search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, item positions) per query; missing neighbours are position -1."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)

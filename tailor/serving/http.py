@@ -471,6 +471,9 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Requests search faiss and run the user encoder on this thread (the event loop's), and
+        # OpenMP's thread count is per thread: set here, not only where the model loads.
+        service.use_serving_threads()
         task = asyncio.create_task(poll())
         try:
             yield

@@ -21,6 +21,7 @@ import torch
 from tailor import columns as C
 from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
 from tailor.models.encoder import encoder_id
+from tailor.models.index import set_search_threads
 from tailor.serving.encoder import TextVectors, check_encoder, has_text_space
 from tailor.serving.live import LiveModel, build_live_model
 from tailor.serving.recommend import LiveQuery, LiveResult, live_sequence, recommend
@@ -118,9 +119,15 @@ class Service:
             max_pending=serve.encoder_queue_texts,
         )
 
+    def use_serving_threads(self) -> None:
+        """`serve.torch_threads` for torch and faiss in the calling thread: call it from each
+        thread that answers requests (the HTTP app's event loop does at start-up)."""
+        torch.set_num_threads(self.settings.serve.torch_threads)
+        set_search_threads(self.settings.serve.torch_threads)
+
     def load(self) -> None:
         """First load: the version to serve, the state (data + live log), the live model."""
-        torch.set_num_threads(self.settings.serve.torch_threads)
+        self.use_serving_threads()
         started = time.perf_counter()
         version = self.champion_version()
         t = self.settings.tracking
