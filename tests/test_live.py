@@ -252,6 +252,65 @@ def test_batched_user_vectors_give_the_single_request_lists(trained):
     assert [i.score for i in stale.items] == [i.score for i in single[0].items]
 
 
+def test_batched_and_cached_query_vectors_give_the_single_request_lists(trained):
+    """Queries that wait for the language model share its next pass (ONNX Runtime, the
+    serving default), and a repeated query comes from the cache: each gets the top-k and
+    scores the one-request path gives."""
+    import threading
+
+    from tailor.serving.encoder import TextVectors
+
+    settings, _prepared, folder = trained
+    live = LiveModel(Bundle(folder), "1", settings)
+    state = _state(settings)
+    queries = [live.texts[i][:40] for i in (1, 4, 7)] + ["a heist in paris", "space robots"]
+
+    def text_vectors() -> TextVectors:
+        return TextVectors(settings.embed, backend="onnx", cache_dir=settings.cache_dir)
+
+    alone = text_vectors()
+    assert alone.backend == "onnx"
+    single = {q: alone.encode([q])[0] for q in queries}  # one pass per query
+
+    texts = text_vectors()
+    passes: list[int] = []
+    running, release = threading.Event(), threading.Event()
+    real = texts.encoder.encode
+
+    def held(batch):  # the first pass waits, so the other queries queue behind it
+        running.set()
+        release.wait(timeout=60)
+        passes.append(len(batch))
+        return real(batch)
+
+    texts.encoder.encode = held
+    first = texts.submit([queries[0]])
+    assert running.wait(timeout=60)
+    waiting = [texts.submit([q]) for q in queries[1:]]
+    release.set()
+    batched = {queries[0]: first.result(timeout=120)[0]}
+    batched |= {q: f.result(timeout=120)[0] for q, f in zip(queries[1:], waiting, strict=True)}
+    assert passes == [1, len(queries) - 1]  # the four that waited shared one pass
+    cached = {}
+    for q in queries:
+        hit = texts.submit([q])
+        assert hit.done()  # from the cache: no pass
+        cached[q] = hit.result()[0]
+    assert passes == [1, len(queries) - 1]
+
+    for q in queries:
+        expected = recommend(live, state, LiveQuery(query=q, k=10), {q: single[q]})
+        for vectors in (batched, cached):
+            got = recommend(live, state, LiveQuery(query=q, k=10), {q: vectors[q]})
+            assert [i.item_id for i in got.items] == [i.item_id for i in expected.items]
+            np.testing.assert_allclose(
+                [i.score for i in got.items],
+                [i.score for i in expected.items],
+                rtol=1e-5,
+                atol=1e-5,
+            )
+
+
 def test_user_vector_batches_are_bounded_and_errors_reach_every_request():
     from tailor.serving.batching import UserVectorBatcher
 
