@@ -18,6 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -225,6 +226,27 @@ def learning_rate_shape(schedule: str, warmup: float, total_steps: int) -> Calla
     return shape
 
 
+@contextmanager
+def _deterministic_kernels() -> Iterator[None]:
+    """torch's deterministic kernels for a fit, without its NaN-filling of new tensors.
+
+    Multithreaded scatter-adds (the backward of the item gather) sum in a varying order;
+    deterministic kernels make two runs with one seed give identical metrics. Deterministic
+    mode also fills every new tensor with NaN to expose reads of uninitialised memory (a
+    debugging aid): some 300 fills a step, 4 % of an epoch here. No kernel the fit uses reads
+    memory it did not write, so results are the same without it.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        torch.use_deterministic_algorithms(previous)
+
+
 class _MemoryWindows:
     """Windows cut in memory from histories; an epoch is one permutation of them."""
 
@@ -326,7 +348,8 @@ class SeqRecommender:
         the best epoch are kept. `max_steps` ends the fit early (a benchmark's budget).
         """
         source = _MemoryWindows(histories, self.settings.max_len, liked, self.n_items)
-        return self._fit_deterministic(source, seed, valid_fn, progress, max_steps)
+        with _deterministic_kernels():
+            return self._fit(source, seed, valid_fn, progress, max_steps)
 
     def fit_windows(
         self,
@@ -353,30 +376,8 @@ class SeqRecommender:
                 f"{self.n_items}"
             )
         source = _FileWindows(windows, block, buffer_blocks)
-        return self._fit_deterministic(source, seed, valid_fn, progress, max_steps)
-
-    def _fit_deterministic(
-        self,
-        source: _MemoryWindows | _FileWindows,
-        seed: int,
-        valid_fn: Callable[[SeqRecommender], float] | None,
-        progress: bool,
-        max_steps: int | None = None,
-    ) -> FitReport:
-        # Multithreaded scatter-adds (the backward of the item gather) sum in a varying order;
-        # deterministic kernels make two runs with one seed give identical metrics.
-        previous = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        # Deterministic mode also fills every new tensor with NaN to expose reads of
-        # uninitialised memory (a debugging aid): some 300 fills a step, 4 % of an epoch here.
-        # No kernel the fit uses reads memory it did not write, so results are the same.
-        fill = torch.utils.deterministic.fill_uninitialized_memory
-        torch.utils.deterministic.fill_uninitialized_memory = False
-        try:
+        with _deterministic_kernels():
             return self._fit(source, seed, valid_fn, progress, max_steps)
-        finally:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
-            torch.use_deterministic_algorithms(previous)
 
     def _fit(
         self,
