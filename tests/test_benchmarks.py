@@ -10,15 +10,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_pipeline_benchmark_prints_its_tables(tmp_path):
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/<script> args...` from the repository root; fails on a non-zero exit."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/pipeline.py", "--preset", "tiny", "--workdir", str(tmp_path)],
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_pipeline_benchmark_prints_its_tables(tmp_path):
+    done = run_benchmark("pipeline.py", "--preset", "tiny", "--workdir", str(tmp_path))
     assert "## Stages" in done.stdout and "## Quality (test split)" in done.stdout
     result = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     stages = [row["stage"] for row in result["stages"]]
@@ -28,27 +34,19 @@ def test_pipeline_benchmark_prints_its_tables(tmp_path):
 
 
 def test_scale_benchmark_prints_its_table_and_finds_the_exact_lists(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/scale.py",
-            "--users",
-            "1000,3000",
-            "--items",
-            "60000",
-            "--events",
-            "300000",
-            "--part-events",
-            "100000",
-            "--workdir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_benchmark(
+        "scale.py",
+        "--users",
+        "1000,3000",
+        "--items",
+        "60000",
+        "--events",
+        "300000",
+        "--part-events",
+        "100000",
+        "--workdir",
+        str(tmp_path),
     )
-    assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 1,000 |")]
     rows += [line for line in done.stdout.splitlines() if line.startswith("| 3,000 |")]
     assert len(rows) == 2
@@ -65,14 +63,7 @@ def test_scale_benchmark_prints_its_table_and_finds_the_exact_lists(tmp_path):
 
 def test_epoch_profile_prints_where_the_time_goes(tmp_path):
     options = ["--preset", "tiny", "--epochs", "1", "--workdir", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/profile_epoch.py", *options],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("profile_epoch.py", *options)
     rows = {
         line.split("|")[1].strip(): line
         for line in done.stdout.splitlines()
@@ -87,14 +78,7 @@ def test_epoch_profile_prints_where_the_time_goes(tmp_path):
 def test_train_speed_benchmark_compares_the_two_recipes(tmp_path):
     # Two epochs for the old recipe keep it quick; the comparison's shape is what is tested.
     options = ["--preset", "tiny", "--workdir", str(tmp_path), "--resamples", "50"]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", *options, "--old-epochs", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("train_speed.py", *options, "--old-epochs", "2")
     lines = [
         [c.strip() for c in line.strip("|").split("|")]
         for line in done.stdout.splitlines()
@@ -112,14 +96,7 @@ def test_train_speed_benchmark_compares_the_two_recipes(tmp_path):
 
 def test_train_scale_benchmark_times_both_window_paths_on_the_same_windows(tmp_path):
     options = ["--events", "20000", "--items", "3000", "--steps", "5", "--workdir", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/train_scale.py", *options],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("train_scale.py", *options)
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 20,000 |")]
     assert [r.split("|")[3].strip() for r in rows] == [
         "in memory (fit)",
@@ -131,14 +108,7 @@ def test_train_scale_benchmark_times_both_window_paths_on_the_same_windows(tmp_p
 
 
 def test_main_job_benchmark_times_the_quiet_and_the_busy_run(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "benchmarks/main_job.py", "--preset", "tiny", "--workdir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_benchmark("main_job.py", "--preset", "tiny", "--workdir", str(tmp_path))
     rows = json.loads((tmp_path / "main_job.json").read_text())
     assert [r["busy"] for r in rows] == [0, 1]
     for r in rows:
