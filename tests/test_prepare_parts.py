@@ -4,6 +4,7 @@ whole file at once: the same rows kept, the same rejects, the same split."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -12,8 +13,12 @@ import pytest
 
 from tailor import columns as C
 from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
+from tailor.data.protocol import event_histories
 from tailor.data.split import SEQ
-from tailor.stages.data import load_histories, prepare_data
+from tailor.models.sequential import fit_members
+from tailor.models.windows import write_windows
+from tailor.settings import TrainSettings
+from tailor.stages.data import all_histories, load_histories, prepare_data
 from tests.conftest import tiny_settings
 
 
@@ -160,3 +165,69 @@ def test_partitioned_preparation_needs_a_local_file():
         )
     with pytest.raises(ValueError, match=r"needs data\.source='files'"):
         tiny_settings("/tmp/x", data={"partition_events": 10_000})
+
+
+def test_a_partitioned_run_streams_every_event_to_the_production_fit(both, tmp_path):
+    """In user partitions the production fit reads its windows from `all_events` on disk:
+    every event of `all_histories`, each user's in the same order, and from them the fit that
+    those histories give in the file's user order."""
+    whole, parts, _ = both
+    assert whole.all_events is None and parts.all_events is not None
+    items = pl.read_parquet(parts.items)
+    users, histories, liked = all_histories(parts)
+    streamed = pl.read_parquet(parts.all_events)
+    assert streamed.height == sum(len(h) for h in histories) == parts.n_interactions
+    got_users, got_histories, got_liked = event_histories(streamed, items)
+    assert got_users == users
+    assert all(np.array_equal(a, b) for a, b in zip(got_histories, histories, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(got_liked, liked, strict=True))
+
+    # A fit from the window file is the fit from the same histories in the file's user order.
+    by_user = dict(zip(users, zip(histories, liked, strict=True), strict=True))
+    in_file = streamed[C.USER_ID].unique(maintain_order=True).to_list()
+    assert sorted(in_file) == sorted(users) and in_file != users  # another order: a real test
+    ordered = [by_user[u] for u in in_file]
+    text = np.random.default_rng(0).normal(size=(items.height, 8)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    # One thread for both fits: `threads = auto` follows the machine's load, and sums reduce in
+    # another order on another count.
+    train = TrainSettings(
+        epochs=2, dim=16, layers=1, heads=2, max_len=6, text_view_weight=0.3, threads=1
+    )
+    windows = write_windows(parts.all_events, items[C.ITEM_ID].to_list(), 6, tmp_path / "w")
+    assert windows.events == streamed.height and windows.users == len(users)
+    from_file, losses_file, _ = fit_members(text, train, [1, 2], windows)
+    in_memory, losses_memory, _ = fit_members(
+        text, train, [1, 2], [h for h, _ in ordered], [m for _, m in ordered]
+    )
+    assert losses_file == losses_memory
+    np.testing.assert_array_equal(from_file.score(histories[:5]), in_memory.score(histories[:5]))
+
+
+def test_the_production_stage_of_a_partitioned_run_counts_what_it_trained_on(tmp_path):
+    """`train_production` on data prepared in parts: the windows path end to end, with the
+    counts the in-memory path reports for the same data, and no window file left behind."""
+    from tailor.models.sequential import load_recommender
+    from tailor.stages.embed import embed_items
+    from tailor.stages.train import train_production, train_recommender
+
+    data = _write_files(tmp_path, n_users=60)
+    settings = tiny_settings(
+        tmp_path / "work",
+        data={**data, "partition_events": 1_000},
+        train={"threads": 1},
+        serve={"live_url": f"sqlite:///{tmp_path / 'live.db'}"},
+    )
+    parts = prepare_data(settings, tmp_path / "work" / "data")
+    vectors = embed_items(parts.items, settings, progress=False).vectors
+    trained = train_recommender(parts, vectors, settings, tmp_path / "eval", progress=False)
+    streamed = train_production(parts, vectors, trained, settings, tmp_path / "a", False)
+    in_memory = train_production(
+        replace(parts, all_events=None), vectors, trained, settings, tmp_path / "b", False
+    )
+    for field in ("n_users", "n_events", "n_positives", "n_items_trained", "epochs", "seeds"):
+        assert getattr(streamed, field) == getattr(in_memory, field), field
+    assert streamed.n_events == parts.n_interactions
+    assert not (tmp_path / "a" / "windows").exists()  # training input, removed after the fit
+    model = load_recommender(streamed.model_dir, np.load(vectors))
+    assert np.isfinite(model.score([np.array([0, 1, 2])])).all()

@@ -92,7 +92,8 @@ def test_the_block_shuffle_yields_every_window_once_in_full_batches(tmp_path, rn
 def test_a_fit_from_the_window_file_is_the_in_memory_fit(tmp_path, rng):
     histories, liked, text, ids = task(rng)
     events_file(tmp_path / "events.parquet", histories, liked, ids)
-    settings = TrainSettings(epochs=2, dim=16, layers=1, max_len=6, text_view_weight=0.3)
+    # One thread for both: `threads = auto` follows the load, and the sums' order with it.
+    settings = TrainSettings(epochs=2, dim=16, layers=1, max_len=6, text_view_weight=0.3, threads=1)
     windows = write_windows(tmp_path / "events.parquet", ids, 6, tmp_path / "w", batch_rows=9)
     a, b = SeqRecommender(text, settings, seed=1), SeqRecommender(text, settings, seed=1)
     ra = a.fit(histories, seed=1, liked=liked)

@@ -954,14 +954,15 @@ def fit_members(
     text_vectors: np.ndarray,
     settings: TrainSettings,
     seeds: Sequence[int],
-    histories: Sequence[np.ndarray],
-    liked: Sequence[np.ndarray],
+    histories: Sequence[np.ndarray] | WindowFile,
+    liked: Sequence[np.ndarray] | None = None,
     progress: bool = False,
     starts: Sequence[SeqRecommender] | None = None,
 ) -> tuple[SeqRecommender | EnsembleRecommender, list[list[float]], float]:
     """One model per seed on the same events for `settings.epochs` (no validation left), their
-    mean when more than one: the production recipe. With `starts` (one trained model per seed)
-    each member continues from that model's weights instead of from scratch.
+    mean when more than one: the production recipe. `histories` may be a window file
+    (`fit_windows`: memory bounded whatever the events). With `starts` (one trained model per
+    seed) each member continues from that model's weights instead of from scratch.
     Returns (model, losses per member, seconds).
     """
     if starts is not None and len(starts) != len(seeds):
@@ -971,7 +972,10 @@ def fit_members(
         member = SeqRecommender(text_vectors, settings, seed=seed)
         if starts is not None:
             member.net.load_state_dict(starts[i].net.state_dict())
-        report = member.fit(histories, seed=seed, progress=progress, liked=liked)
+        if isinstance(histories, WindowFile):
+            report = member.fit_windows(histories, seed=seed, progress=progress)
+        else:
+            report = member.fit(histories, seed=seed, progress=progress, liked=liked)
         members.append(member)
         losses.append(report.losses)
         seconds += report.seconds

@@ -46,6 +46,9 @@ class PreparedData:
     exam: str = ""  # the fingerprint plus every setting that decides the test cases' scores
     # What MLflow gets of the quarantine: pseudonymised ids, no profile fields (unless opted in).
     public_quarantine: Path | None = None
+    # Prepared in user partitions only: every event (warm and cold) with C.POSITIVE, each user's
+    # together and in time order, so the production fit streams its windows from disk.
+    all_events: Path | None = None
 
     def record(self) -> Record:
         metrics = {
@@ -169,9 +172,9 @@ def _prepare_in_parts(settings: Settings, out_dir: Path, hold_out_cold: bool) ->
     with_events = pl.scan_parquet(clean.parts).select(C.ITEM_ID).unique().collect()
     cold = choose_cold_items(with_events, share, settings.seed)
     is_cold = _is_cold(cold)
-    (work / "warm").mkdir()
-    (work / "cold").mkdir()
-    warm_parts, cold_parts = [], []
+    for stage in ("warm", "cold", "all"):
+        (work / stage).mkdir()
+    warm_parts, cold_parts, all_parts = [], [], []
     digest = hashlib.sha256(f"parts:{clean.n_parts}".encode())
     n_users = n_warm = n_cold = n_positives = 0
     start = end = None
@@ -197,6 +200,9 @@ def _prepare_in_parts(settings: Settings, out_dir: Path, hold_out_cold: bool) ->
             cold_parts.append(work / "cold" / part.name)
             n_cold += cold_events.height
             n_positives += int(cold_events[C.POSITIVE].sum())
+        if warm.height or cold_events.height:
+            write_atomically(_merged_events(warm, cold_events), work / "all" / part.name)
+            all_parts.append(work / "all" / part.name)
         del events, warm, cold_events
     if not warm_parts:
         raise DataError(f"interactions file {settings.data.interactions_path}: no event is warm")
@@ -211,6 +217,8 @@ def _prepare_in_parts(settings: Settings, out_dir: Path, hold_out_cold: bool) ->
         _concat_parts(cold_parts, cold_path)
     else:
         pl.read_parquet(warm_parts[0]).head(0).drop(C.SPLIT, SEQ).write_parquet(cold_path)
+    all_events = out_dir / "all_events.parquet"
+    _concat_parts(all_parts, all_events)
     (out_dir / "cleaning_report.json").write_text(json.dumps(clean.report, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return PreparedData(
@@ -227,8 +235,17 @@ def _prepare_in_parts(settings: Settings, out_dir: Path, hold_out_cold: bool) ->
         data_end=end.isoformat(),
         positive_threshold=threshold,
         n_positives=n_positives,
+        all_events=all_events,
         **written,
     )
+
+
+def _merged_events(warm: pl.DataFrame, cold: pl.DataFrame) -> pl.DataFrame:
+    """One part's warm and cold events in `scan_interactions`' order: by user and time, warm
+    before cold at equal times (users never span parts, so per part is the global order)."""
+    columns = [C.USER_ID, C.ITEM_ID, C.TIMESTAMP, C.WEIGHT, C.POSITIVE]
+    frames = [f.select(columns) for f in (warm, cold) if f.height]
+    return pl.concat(frames).sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
 
 
 def _no_events() -> pl.DataFrame:

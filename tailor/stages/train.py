@@ -3,13 +3,17 @@ reported metric) and the production fit (the same recipe on every event, registe
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
+from tailor import columns as C
 from tailor.evaluation.compare import Exam
 from tailor.models.sequential import fit_members, load_recommender, refit_settings
+from tailor.models.windows import write_windows
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
@@ -126,6 +130,22 @@ class ProductionFit:
 PRODUCTION_RUN = "production-fit"
 
 
+def _event_counts(events: Path) -> tuple[int, int, int, int]:
+    """(users, events, positives, items with a positive) of an events file, streamed."""
+    row = (
+        pl.scan_parquet(events)
+        .select(
+            pl.col(C.USER_ID).n_unique(),
+            pl.len(),
+            pl.col(C.POSITIVE).sum(),
+            pl.col(C.ITEM_ID).filter(pl.col(C.POSITIVE)).n_unique(),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
+    return tuple(int(v) for v in row)
+
+
 def train_production(
     prepared: PreparedData,
     vectors_path: Path,
@@ -141,8 +161,20 @@ def train_production(
     With `train.ensemble` (and a refit) the evaluated model was the mean of two members, so
     the production model is too; with no validation split left, the members differ by seed.
     """
-    users, histories, liked = all_histories(prepared)
     text_vectors = np.load(vectors_path)
+    if prepared.all_events is not None:
+        # Prepared in user partitions: the windows stream from disk, never all in memory.
+        item_ids = pl.read_parquet(prepared.items, columns=[C.ITEM_ID])[C.ITEM_ID].to_list()
+        scratch = Path(out_dir) / "windows"  # training input only: removed after the fit
+        data = write_windows(prepared.all_events, item_ids, settings.train.max_len, scratch)
+        liked = None
+        counted = _event_counts(prepared.all_events)
+    else:
+        users, histories, liked = all_histories(prepared)
+        data = histories
+        positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
+        counted = (len(users), sum(len(h) for h in histories), len(positives))
+        counted += (len(np.unique(positives)),)
     evaluated_two = settings.train.refit and settings.train.ensemble
     ensemble = evaluated_two and trained.model_dir != trained.valid_model_dir
     seeds = [settings.seed, settings.seed + 1] if ensemble else [settings.seed]
@@ -155,22 +187,24 @@ def train_production(
         starts = getattr(evaluated, "members", [evaluated])
     cold = settings.train.model_copy(update={"refit_epochs": None})
     s = refit_settings(settings.train if warm else cold, trained.best_epoch)
-    model, losses, seconds = fit_members(
-        text_vectors, s, seeds, histories, liked, progress, starts=starts
-    )
+    try:
+        model, losses, seconds = fit_members(text_vectors, s, seeds, data, liked, progress, starts)
+    finally:
+        if prepared.all_events is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     model_dir = Path(out_dir) / "model"
     model.save(model_dir)
-    positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
+    n_users, n_events, n_positives, n_items_trained = counted
     return ProductionFit(
         model_dir=model_dir,
         epochs=s.epochs,
         seeds=seeds,
         losses=losses,
         seconds=seconds,
-        n_users=len(users),
-        n_events=int(sum(len(h) for h in histories)),
-        n_positives=len(positives),
-        n_items_trained=len(np.unique(positives)),
+        n_users=n_users,
+        n_events=n_events,
+        n_positives=n_positives,
+        n_items_trained=n_items_trained,
         data_fingerprint=prepared.fingerprint,
         data_start=prepared.data_start,
         data_end=prepared.data_end,
