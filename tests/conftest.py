@@ -33,7 +33,18 @@ def tiny_settings(workdir: Path, **overrides) -> Settings:
             "source": "synthetic",
             "synthetic": {"n_users": 60, "n_items": 80, "n_topics": 4, "events_per_user": 12},
         },
-        "train": {"epochs": 2, "dim": 16, "layers": 1, "heads": 2, "max_len": 10, "batch_size": 32},
+        # One torch thread: `threads = auto` counts the cores idle when each fit starts, so two
+        # fits compared in a test could run on different counts (sums in another order) when
+        # anything else loads the machine.
+        "train": {
+            "epochs": 2,
+            "dim": 16,
+            "layers": 1,
+            "heads": 2,
+            "max_len": 10,
+            "batch_size": 32,
+            "threads": 1,
+        },
         "refresh": {"k": 5},
     }
     for key, value in overrides.items():

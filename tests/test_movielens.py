@@ -14,9 +14,16 @@ def test_movielens_pipeline_beats_most_popular(workdir):
     settings = tiny_settings(
         workdir,
         data={"source": "movielens-100k"},
-        # The default model and batch; a short schedule (the assertions need a model that
-        # has learned, not the best one).
-        train={"epochs": 3, "refit_epochs": 1, "dim": 64, "layers": 2, "max_len": 50},
+        # The default model, batch and threads; a short schedule (the assertions need a model
+        # that has learned, not the best one).
+        train={
+            "epochs": 3,
+            "refit_epochs": 1,
+            "dim": 64,
+            "layers": 2,
+            "max_len": 50,
+            "threads": "auto",
+        },
         refresh={"k": 20},
     )
     result = train_and_refresh(settings=settings)

@@ -215,7 +215,6 @@ def test_the_production_stage_of_a_partitioned_run_counts_what_it_trained_on(tmp
     settings = tiny_settings(
         tmp_path / "work",
         data={**data, "partition_events": 1_000},
-        train={"threads": 1},
         serve={"live_url": f"sqlite:///{tmp_path / 'live.db'}"},
     )
     parts = prepare_data(settings, tmp_path / "work" / "data")
