@@ -130,22 +130,6 @@ class ProductionFit:
 PRODUCTION_RUN = "production-fit"
 
 
-def _event_counts(events: Path) -> tuple[int, int, int, int]:
-    """(users, events, positives, items with a positive) of an events file, streamed."""
-    row = (
-        pl.scan_parquet(events)
-        .select(
-            pl.col(C.USER_ID).n_unique(),
-            pl.len(),
-            pl.col(C.POSITIVE).sum(),
-            pl.col(C.ITEM_ID).filter(pl.col(C.POSITIVE)).n_unique(),
-        )
-        .collect(engine="streaming")
-        .row(0)
-    )
-    return tuple(int(v) for v in row)
-
-
 def train_production(
     prepared: PreparedData,
     vectors_path: Path,
@@ -168,7 +152,9 @@ def train_production(
         scratch = Path(out_dir) / "windows"  # training input only: removed after the fit
         data = write_windows(prepared.all_events, item_ids, settings.train.max_len, scratch)
         liked = None
-        counted = _event_counts(prepared.all_events)
+        # write_windows counted as it streamed: every event, user and liked event per item.
+        trained_on = data.counts[data.counts > 0]
+        counted = (data.users, data.events, int(trained_on.sum()), len(trained_on))
     else:
         users, histories, liked = all_histories(prepared)
         data = histories
