@@ -117,3 +117,17 @@ def test_main_job_benchmark_times_the_quiet_and_the_busy_run(tmp_path):
     # The busy run trains on the cores left idle: never more threads than the quiet run.
     assert rows[1]["threads"] <= rows[0]["threads"]
     assert "| 1 |" in done.stdout and "vs quiet" in done.stdout
+
+
+def test_seed_spread_prints_each_seed_and_one_seed_twice_agrees(tmp_path):
+    options = ["--preset", "tiny", "--workdir", str(tmp_path), "--threads", "1"]
+    done = run_benchmark("seed_spread.py", *options, "--seeds", "0,0,1")
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and "---" not in line and cells[0] != "seed":
+            rows.setdefault(cells[0], []).append(cells)
+    first, again = rows["0"]
+    assert first[2:] == again[2:]  # one seed, the same metrics to the last printed digit
+    assert all(0 <= float(v) <= 1 for v in first[2:]) and float(first[1]) > 0
+    assert len(rows["1"]) == 1 and "mean" in rows and "std" in rows

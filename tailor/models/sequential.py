@@ -543,7 +543,7 @@ class SeqRecommender:
         sampler: Callable[[], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The full-softmax loss of one batch: the full view and, with `text_view`, the text
-        view alone (it is all a new item has), both from one product with the catalogue.
+        view alone (it is all a new item has), each a product with the whole catalogue.
         With a `sampler`, the sampled-softmax loss instead (`_sampled_step_loss`)."""
         if sampler is not None:
             return self._sampled_step_loss(x, y, valid, logit_bias, sampler())
@@ -564,14 +564,13 @@ class SeqRecommender:
         text_part: torch.Tensor,
         logit_bias: torch.Tensor,
     ) -> torch.Tensor:
-        s = self.settings
+        # Each view its own product with the bias added inside it (addmm). One product over
+        # both views, sliced or viewed in halves, took 2.6-2.8 s an epoch here against 2.1 s.
+        loss = nn.functional.cross_entropy(torch.addmm(logit_bias, h, items.T), y)
         if not self.config.text_view:
-            return nn.functional.cross_entropy(h @ items.T + logit_bias, y)
-        n = self.n_items
-        logits = h @ torch.cat([items, text_part]).T
-        loss = nn.functional.cross_entropy(logits[:, :n] + logit_bias, y)
-        text_loss = nn.functional.cross_entropy(logits[:, n:] + logit_bias, y)
-        return loss + s.text_view_weight * text_loss
+            return loss
+        text_loss = nn.functional.cross_entropy(torch.addmm(logit_bias, h, text_part.T), y)
+        return loss + self.settings.text_view_weight * text_loss
 
     def _sampled_step_loss(
         self,
