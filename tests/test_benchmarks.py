@@ -131,3 +131,19 @@ def test_seed_spread_prints_each_seed_and_one_seed_twice_agrees(tmp_path):
     assert first[2:] == again[2:]  # one seed, the same metrics to the last printed digit
     assert all(0 <= float(v) <= 1 for v in first[2:]) and float(first[1]) > 0
     assert len(rows["1"]) == 1 and "mean" in rows and "std" in rows
+
+
+def test_query_precision_compares_int8_queries_with_float(tmp_path):
+    options = ["--preset", "tiny", "--workdir", str(tmp_path), "--texts", "20"]
+    done = run_benchmark("query_precision.py", *options)
+    rows = {
+        cells[0]: cells
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and "---" not in line
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert rows["float32"][3:5] == ["1.000", "1.000"]  # the reference against itself
+    assert rows["float32"][5] == "1.0000 / 1.0000"
+    int8_mean, int8_min = (float(v) for v in rows["int8"][5].split(" / "))
+    assert 0.97 < int8_min <= int8_mean < 1.0  # close to the float vectors, not equal
+    assert float(rows["int8"][1]) > 0 and float(rows["float32"][1]) > 0

@@ -102,5 +102,10 @@ def test_onnx_encoder_gives_the_pytorch_vectors(encoder, tmp_path):
     before = exported[0].stat().st_mtime_ns
     int8 = OnnxEncoder(EmbedSettings(), tmp_path, int8=True)
     assert exported[0].stat().st_mtime_ns == before  # not exported twice
-    cos = np.sum(int8.encode(TEXTS) * reference, axis=1)
-    assert cos.min() > 0.9  # close, not equal: int8 is an explicit trade
+    together = int8.encode(TEXTS)
+    cos = np.sum(together * reference, axis=1)
+    assert cos.min() > 0.97  # close, not equal: int8 is an explicit trade
+    # Activations are quantised per pass: each text gets its own, so a text's vector is the
+    # same whatever it is encoded with.
+    for row, text in enumerate(TEXTS):
+        np.testing.assert_array_equal(int8.encode([text])[0], together[row])

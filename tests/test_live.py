@@ -252,10 +252,11 @@ def test_batched_user_vectors_give_the_single_request_lists(trained):
     assert [i.score for i in stale.items] == [i.score for i in single[0].items]
 
 
-def test_batched_and_cached_query_vectors_give_the_single_request_lists(trained):
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_batched_and_cached_query_vectors_give_the_single_request_lists(trained, int8):
     """Queries that wait for the language model share its next pass (ONNX Runtime, the
-    serving default), and a repeated query comes from the cache: each gets the top-k and
-    scores the one-request path gives."""
+    serving default; float or int8, the query default), and a repeated query comes from the
+    cache: each gets the top-k and scores the one-request path gives."""
     import threading
 
     from tailor.serving.encoder import TextVectors
@@ -266,7 +267,7 @@ def test_batched_and_cached_query_vectors_give_the_single_request_lists(trained)
     queries = [live.texts[i][:40] for i in (1, 4, 7)] + ["a heist in paris", "space robots"]
 
     def text_vectors() -> TextVectors:
-        return TextVectors(settings.embed, backend="onnx", cache_dir=settings.cache_dir)
+        return TextVectors(settings.embed, backend="onnx", cache_dir=settings.cache_dir, int8=int8)
 
     alone = text_vectors()
     assert alone.backend == "onnx"

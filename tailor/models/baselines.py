@@ -56,14 +56,20 @@ class TextCosine:
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         n_users = len(histories)
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n_users)
-        users = np.zeros((n_users, self.item_vectors.shape[1]), dtype=np.float32)
-        has_history = lengths > 0
-        if has_history.any():
-            items = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
-            starts = (np.cumsum(lengths) - lengths)[has_history]
-            # The sum points the same way as the mean; normalising drops the length.
-            users[has_history] = np.add.reduceat(self.item_vectors[items], starts, axis=0)
-        users = _normalise_rows(users)
+        rows = [np.asarray(h, dtype=np.int64).ravel() for h in histories]
+        items = np.concatenate(rows) if n_users else np.zeros(0, dtype=np.int64)
+        # Each user's sum of item vectors (repeats counted) as one sparse product: gathering
+        # a vector per event first took ~0.6-1 s for MovieLens-100K against ~20 ms. The sum
+        # points the same way as the mean; normalising drops the length.
+        counts = sp.csr_matrix(
+            (
+                np.ones(len(items), dtype=np.float32),
+                items,
+                np.concatenate([[0], np.cumsum(lengths)]),
+            ),
+            shape=(n_users, self.n_items),
+        )
+        users = _normalise_rows(np.asarray(counts @ self.item_vectors, dtype=np.float32))
         return users @ self.item_vectors.T
 
 
