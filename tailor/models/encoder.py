@@ -224,7 +224,7 @@ class OnnxEncoder:
     (4 ms against 11 ms for MiniLM on one core) and gives the same vectors (differences around
     1e-6), so queries and new items land exactly where the catalogue's vectors are. The model
     is exported once per encoder into `cache_dir` and reused; `int8` adds ONNX Runtime's
-    dynamic quantisation (about 2.6x faster again for one short text, slightly different
+    dynamic quantisation (about 2.3-2.6x faster again for one short text, slightly different
     vectors: `benchmarks/query_precision.py` measures how different).
     """
 
@@ -244,7 +244,10 @@ class OnnxEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         folder = Path(cache_dir) / "onnx" / hashlib.sha256(self.model_id.encode()).hexdigest()[:16]
         model_file = _export_onnx(path, folder, self.tokenizer)
-        self.int8 = int8
+        # int8 passes quantise their activations with one scale per pass, taken from the
+        # whole input: a text batched with others (or with padding) would get another vector
+        # than alone. One text per pass keeps each vector its own, whatever arrived with it.
+        self._pass_settings = settings.model_copy(update={"batch_size": 1}) if int8 else settings
         if int8:
             model_file = _quantize_onnx(model_file)
         options = ort.SessionOptions()
@@ -259,12 +262,7 @@ class OnnxEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        # int8 passes quantise their activations with one scale per pass, taken from the
-        # whole input: a text batched with others (or with padding) would get another vector
-        # than alone. One text per pass keeps each vector its own, whatever arrived with it.
-        settings = self.settings.model_copy(update={"batch_size": 1}) if self.int8 else None
-        batches = tokenized_batches(self.tokenizer, texts, settings or self.settings, "np")
-        for idx, enc in batches:
+        for idx, enc in tokenized_batches(self.tokenizer, texts, self._pass_settings, "np"):
             mask = enc["attention_mask"].astype(np.int64)
             (hidden,) = self.session.run(
                 None, {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": mask}
