@@ -21,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 for _key in [k for k in os.environ if k.startswith("TAILOR_") and not k.startswith("TAILOR_TEST_")]:
     del os.environ[_key]  # a developer's own settings must not leak into the tests
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+# The migrated Prefect database template, made once per session, never in the user's cache.
+os.environ["TAILOR_CACHE_HOME"] = str(_SESSION_DIR / "cache")
 
 from tailor.settings import Settings, load_settings  # noqa: E402
 

@@ -195,10 +195,12 @@ def test_ease_keeps_disjoint_blocks_apart() -> None:
     assert not scores[:10, 6:].any() and not scores[10:, :6].any()
 
 
-def test_als_ranks_own_block_unseen_items_above_the_other_block() -> None:
+@pytest.mark.parametrize("cg_steps", [3, None])
+def test_als_ranks_own_block_unseen_items_above_the_other_block(cg_steps) -> None:
     histories, n_items = _blocks(np.random.default_rng(1))
     # Two factors, one per block: the structure of the data, so nothing is left to fit noise.
-    rec = ALS(factors=2, regularization=0.1, alpha=10.0, iterations=15).fit(histories, n_items)
+    rec = ALS(factors=2, regularization=0.1, alpha=10.0, iterations=15, cg_steps=cg_steps)
+    rec = rec.fit(histories, n_items)
     assert rec.name == "als" and rec.n_items == n_items
     assert rec.user_factors.shape == (20, 2) and rec.item_factors.shape == (n_items, 2)
     for scores in (rec.user_factors @ rec.item_factors.T, rec.score(histories)):
@@ -210,6 +212,25 @@ def test_als_ranks_own_block_unseen_items_above_the_other_block() -> None:
     # A new user folded in from one block-B item gets block B first.
     top = top_k(rec.score([_h(7)]), [_h(7)], 5)[0]
     assert (top >= 6).all()
+
+
+def test_als_conjugate_gradient_reaches_the_exact_row_solutions() -> None:
+    # CG on an f x f system is exact after f steps (up to rounding); fewer steps from a start
+    # already close get closer with every step.
+    rng = np.random.default_rng(7)
+    dense = rng.random((40, 25)) < 0.25
+    dense[:3] = False  # rows without events solve to exactly 0
+    X = interaction_matrix([np.flatnonzero(row) for row in dense], 25)
+    Y = rng.normal(0.0, 0.3, size=(25, 5))
+    rec = ALS(factors=5, regularization=0.1, alpha=8.0)
+    exact = rec._solve_rows(X, Y)
+    start = rng.normal(0.0, 0.01, size=exact.shape)
+    np.testing.assert_allclose(rec._cg_rows(X, Y, start, 5), exact, atol=1e-10)
+    errors = [np.abs(rec._cg_rows(X, Y, start, steps) - exact).max() for steps in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2] > 0
+    assert not rec._cg_rows(X, Y, start, 1)[:3].any()
+    with pytest.raises(ValueError, match="cg_steps"):
+        ALS(cg_steps=0)
 
 
 def test_als_is_deterministic_for_a_seed() -> None:
@@ -289,6 +310,7 @@ def test_default_grids_build_valid_models() -> None:
         "als": 8,
     }
     assert all(params["iterations"] == 15 for params in DEFAULT_GRIDS["als"])
+    assert all(params["cg_steps"] == 3 for params in DEFAULT_GRIDS["als"])
     for name, combos in DEFAULT_GRIDS.items():
         for params in combos:
             model = make_baseline(name, **params)

@@ -147,3 +147,19 @@ def test_query_precision_compares_int8_queries_with_float(tmp_path):
     int8_mean, int8_min = (float(v) for v in rows["int8"][5].split(" / "))
     assert 0.97 < int8_min <= int8_mean < 1.0  # close to the float vectors, not equal
     assert float(rows["int8"][1]) > 0 and float(rows["float32"][1]) > 0
+
+
+def test_als_solver_benchmark_times_the_grid_by_each_solver(tmp_path):
+    done = run_benchmark("als_solver.py", "--preset", "tiny", "--workdir", str(tmp_path))
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| exact")]
+    rows += [line for line in done.stdout.splitlines() if line.startswith("| CG, 3 steps")]
+    assert len(rows) == 2
+    assert rows[0].split("|")[3].strip() == "1.00x"
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) > 0 and 0 < float(cells[3]) <= 1  # seconds; test NDCG@10
+    # One star per solver column: the chosen grid point.
+    points = [line for line in done.stdout.splitlines() if line.startswith("| factors=")]
+    assert len(points) == 8
+    for column in (1, 2):
+        assert sum(p.strip("|").split("|")[column].strip().endswith("*") for p in points) == 1

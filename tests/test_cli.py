@@ -57,13 +57,14 @@ if server.running:
 """
 
 
-def _start_api_in_child(tmp_path, api_url: str | None) -> str:
+def _start_api_in_child(tmp_path, api_url: str | None, home: str = "prefect") -> str:
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(PREFECT_HOME=str(tmp_path / home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env["TAILOR_CACHE_HOME"] = str(tmp_path / "cache")
     if api_url:
         env["PREFECT_API_URL"] = api_url
     done = subprocess.run(
@@ -74,8 +75,25 @@ def _start_api_in_child(tmp_path, api_url: str | None) -> str:
 
 
 def test_the_temporary_api_starts_in_the_background_and_answers(tmp_path):
+    import prefect
+
     out = _start_api_in_child(tmp_path, None)
     assert "thread True" in out and "running True" in out and "health 200" in out
+    # The first start made the migrated template; a second new home starts from a copy of it.
+    template = tmp_path / "cache" / f"prefect-{prefect.__version__}.db"
+    assert template.is_file() and (tmp_path / "prefect" / "prefect.db").is_file()
+    made = template.stat().st_mtime_ns
+    out = _start_api_in_child(tmp_path, None, home="prefect-2")
+    assert "running True" in out and "health 200" in out
+    assert template.stat().st_mtime_ns == made
+    assert _alembic_head(tmp_path / "prefect-2" / "prefect.db") == _alembic_head(template)
+
+
+def _alembic_head(database) -> str:
+    import sqlite3
+
+    with sqlite3.connect(database) as con:
+        return con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
 
 
 def test_no_temporary_api_when_a_server_is_configured(tmp_path):

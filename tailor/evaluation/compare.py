@@ -195,10 +195,11 @@ def evaluate_models(
                 exam, vectors, train, seed, ID_SEQUENTIAL[kind]
             )
         else:
-            best, trials = search_baseline(kind, exam, vectors)
+            best, trials, valid_rec = search_baseline(kind, exam, vectors)
             out.trials.extend(trials)
             out.params[name] = best
-            valid_rec = fit_baseline(kind, best, fit_histories, hist.n_items, vectors)
+            if valid_rec is None:
+                valid_rec = fit_baseline(kind, best, fit_histories, hist.n_items, vectors)
             refit_rec = fit_baseline(kind, best, refit_histories, hist.n_items, vectors)
         tops = {
             "valid": rank_dense(valid_rec, exam.cases["valid"][0], plain).items,
@@ -251,16 +252,23 @@ def train_id_sequential(
 
 
 def search_baseline(name: str, exam: Exam, text_vectors: np.ndarray):
-    """Grid search on the validation event; returns (best params, trials)."""
+    """Grid search on the validation event; returns (best params, trials, the best point's
+    model fitted on the training positives, or None when there was no search).
+
+    Fits are deterministic, so the best point's model is the validation model as it is: the
+    caller need not fit it again.
+    """
     grid = DEFAULT_GRIDS.get(name, [{}]) if exam.settings.search_baselines else [{}]
     if len(grid) <= 1:
-        return (grid[0] if grid else {}), []
+        return (grid[0] if grid else {}), [], None
     hist = exam.hist
-    trials = []
+    trials, best, best_rec = [], None, None
     for params in grid:
         rec = fit_baseline(name, params, hist.train_positives(), hist.n_items, text_vectors)
         score = exam.ndcg_at_10(rank_dense(rec, exam.cases["valid"][0], exam.policy(None)).items)
         trials.append(Trial(name, dict(params), score))
         log.info("searching %s %s: valid NDCG@10 %.4f", name, params, score)
-    best = max(trials, key=lambda t: t.valid_ndcg_at_10)
-    return best.params, trials
+        # Strictly greater: the first of equal scores wins, as max() over the trials would.
+        if best is None or score > best.valid_ndcg_at_10:
+            best, best_rec = trials[-1], rec
+    return best.params, trials, best_rec
