@@ -1,4 +1,5 @@
-"""Training: clean -> embed -> evaluation fit -> evaluate -> production fit -> register (gate)."""
+"""Training: clean -> embed -> evaluation fit (baselines beside it) -> evaluate -> production
+fit -> register (gate)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pydantic import BaseModel
 
 from flows.common import embed_in_shards, embedding_of, resolve_settings, tracked_run
 from tailor.settings import Settings
+from tailor.stages.baselines import side_by_side
 from tailor.stages.register import lineage_of
 from tailor.stages.train import PRODUCTION_RUN
 from tasks.data import prepare_data
 from tasks.embed import embed_items, tune_encoder
-from tasks.evaluate import evaluate_cold_start, evaluate_draws, evaluate_models
+from tasks.evaluate import evaluate_cold_start, evaluate_draws, evaluate_models, fit_baselines
 from tasks.index import build_index
 from tasks.register import bundle_model, register_model, score_champion
 from tasks.train import train_production, train_recommender
@@ -57,14 +59,21 @@ def train(
         run.log(embedded)
         vectors = embedded.vectors
 
-        # The evaluation fit: hold-outs as the protocol needs; every metric comes from it.
-        trained = train_recommender(prepared, vectors, settings, out / "evaluation_fit")
-        run.log(trained)
         frozen = vectors
         if encoded.embed.model != settings.embed.model:
             frozen = embed_items(prepared.items, settings).vectors  # for text-cosine
+        # The baselines' fits need nothing of the model: they run beside its fit.
+        lane, baselines = settings, None
+        if settings.eval.baselines_beside:
+            lane = side_by_side(settings)
+            baselines = fit_baselines.submit(prepared, vectors, lane, out / "baselines", frozen)
+
+        # The evaluation fit: hold-outs as the protocol needs; every metric comes from it.
+        trained = train_recommender(prepared, vectors, lane, out / "evaluation_fit")
+        run.log(trained)
+        fitted = baselines.result() if baselines is not None else None
         evaluation = evaluate_models(
-            prepared, vectors, trained, settings, out / "evaluation", frozen
+            prepared, vectors, trained, settings, out / "evaluation", frozen, fitted
         )
         run.log(evaluation)
         index = build_index(

@@ -454,6 +454,13 @@ class EvalSettings(_Section):
     search_baselines: bool = Field(
         True, description="Grid-search each baseline on validation (else its defaults)."
     )
+    baselines_beside: bool = Field(
+        True,
+        description="Fit the baselines (the id-only sequential fits, the grid searches) in a "
+        "child process beside the evaluation fit, each on half the free cores when "
+        "`train.threads = auto`; false = in the evaluation stage, after the fit. Same models "
+        "either way for a fixed `train.threads`; side by side is sooner on few cores.",
+    )
     ablation: bool = Field(
         False,
         description="Also train the sequential model with its parts switched off (text only, "
@@ -819,6 +826,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "data": {"source": "synthetic"},
         "train": {"epochs": 3, "dim": 32, "layers": 1, "max_len": 20},
+        # A child process costs seconds of start-up: more than these baselines take.
+        "eval": {"baselines_beside": False},
     },
     # The training recipe before the one-cycle default (2026-11): up to 40 epochs at a constant
     # learning rate, early-stopped, refit from scratch. For comparisons (benchmarks/train_speed.py).

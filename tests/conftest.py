@@ -48,6 +48,8 @@ def tiny_settings(workdir: Path, **overrides) -> Settings:
             "threads": 1,
         },
         "refresh": {"k": 5},
+        # In the evaluation stage: a child process per run would cost seconds each.
+        "eval": {"baselines_beside": False},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -328,3 +328,18 @@ def test_an_approximate_index_is_tuned_to_its_recall_and_logged(workdir):
     assert run.data.metrics["index.nprobe"] >= 1
     # The metrics of the run were computed through an index tuned the same way.
     assert 0.0 < result.metrics["tailor-seq"]["test_recall_at_20"] <= 1.0
+
+
+def test_baselines_fitted_beside_the_fit_give_the_same_evaluation(tmp_path):
+    # One torch thread everywhere: the child's fits are then the in-process fits, bit for bit.
+    runs = {}
+    for beside in (False, True):
+        settings = tiny_settings(tmp_path / str(beside), eval={"baselines_beside": beside})
+        runs[beside] = train(settings=settings)
+    before, beside = runs[False], runs[True]
+    assert {"sasrec", "als", "ease"} <= set(beside.metrics)
+    assert beside.metrics == before.metrics
+    assert beside.significance == before.significance
+    fitted = beside.out_dir / "baselines"
+    assert (fitted / "baselines.json").is_file() and (fitted / "sasrec" / "model").is_dir()
+    assert not (before.out_dir / "baselines").exists()

@@ -149,6 +149,7 @@ def evaluate_models(
     seed: int,
     frozen_vectors: np.ndarray | None = None,
     train: TrainSettings | None = None,
+    fitted: BaselineFits | None = None,
 ) -> Comparison:
     """The sequential model (validation from `valid_model`, test and cold from `served_model`)
     and every baseline of `exam.settings.baselines`.
@@ -157,7 +158,9 @@ def evaluate_models(
     `frozen_vectors` are the pre-trained encoder's: `text-cosine` reads those (text as it
     comes) and `text-cosine-tuned` shows what the tuning alone does for a text-only model.
     `sasrec` and `gru4rec` are trained with `train` (the sequential model's settings, its
-    budget included) with the text switched off (and a GRU for `gru4rec`).
+    budget included) with the text switched off (and a GRU for `gru4rec`). `fitted` holds
+    those fits and the baselines' searches when they were done ahead (`fit_baselines`, in
+    another process beside the evaluation fit); without it they are done here.
     """
     out = Comparison()
     served = exam.policy(rerank)
@@ -179,23 +182,19 @@ def evaluate_models(
     out.test_tops[SEQUENTIAL], out.cold_tops[SEQUENTIAL] = tops["test"], tops["cold"]
     out.params[SEQUENTIAL] = {"rerank.strength": rerank.strength, **chosen}
 
-    baselines = {name: text_vectors for name in exam.settings.baselines}
-    if frozen_vectors is not None and "text-cosine" in baselines:
-        baselines["text-cosine"] = frozen_vectors
-        baselines["text-cosine-tuned"] = text_vectors
+    if fitted is None:
+        fitted = fit_baselines(exam, text_vectors, train, seed, frozen_vectors)
     # Baselines are fitted on positives (what they learn to predict) and, like every model,
     # read every event of a history as input.
     hist = exam.hist
     fit_histories, refit_histories = hist.train_positives(), hist.train_and_valid_positives()
     plain = exam.policy(None)
-    for name, vectors in baselines.items():
+    for name, vectors in baseline_vectors(exam, text_vectors, frozen_vectors).items():
         kind = "text-cosine" if name == "text-cosine-tuned" else name
         if kind in ID_SEQUENTIAL:
-            valid_rec, refit_rec, out.params[name] = train_id_sequential(
-                exam, vectors, train, seed, ID_SEQUENTIAL[kind]
-            )
+            valid_rec, refit_rec, out.params[name] = fitted.id_models[name]
         else:
-            best, trials, valid_rec = search_baseline(kind, exam, vectors)
+            best, trials, valid_rec = fitted.searches[name]
             out.trials.extend(trials)
             out.params[name] = best
             if valid_rec is None:
@@ -220,6 +219,51 @@ def evaluate_models(
         )
         out.sweep.append({"strength": strength, **found})
     return out
+
+
+@dataclass
+class BaselineFits:
+    """What `evaluate_models` fits of the baselines before it scores them: the id-only
+    sequential models (valid model, refit model, parameters) and every other baseline's
+    search (chosen parameters, trials, and the chosen point's model on the training positives
+    when it is at hand; None means refit it)."""
+
+    id_models: dict[str, tuple[Any, Any, dict[str, Any]]] = field(default_factory=dict)
+    searches: dict[str, tuple[dict[str, Any], list[Trial], Any]] = field(default_factory=dict)
+
+
+def baseline_vectors(
+    exam: Exam, text_vectors: np.ndarray, frozen_vectors: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Each configured baseline and the item vectors it reads (`text-cosine` reads the
+    pre-trained encoder's when the model's came from a tuned one; then `text-cosine-tuned`
+    reads the tuned ones)."""
+    baselines = {name: text_vectors for name in exam.settings.baselines}
+    if frozen_vectors is not None and "text-cosine" in baselines:
+        baselines["text-cosine"] = frozen_vectors
+        baselines["text-cosine-tuned"] = text_vectors
+    return baselines
+
+
+def fit_baselines(
+    exam: Exam,
+    text_vectors: np.ndarray,
+    train: TrainSettings | None,
+    seed: int,
+    frozen_vectors: np.ndarray | None = None,
+) -> BaselineFits:
+    """The baselines' expensive part, independent of the sequential model: the id-only
+    sequential fits and the grid searches on validation."""
+    fits = BaselineFits()
+    for name, vectors in baseline_vectors(exam, text_vectors, frozen_vectors).items():
+        kind = "text-cosine" if name == "text-cosine-tuned" else name
+        if kind in ID_SEQUENTIAL:
+            fits.id_models[name] = train_id_sequential(
+                exam, vectors, train, seed, ID_SEQUENTIAL[kind]
+            )
+        else:
+            fits.searches[name] = search_baseline(kind, exam, vectors)
+    return fits
 
 
 def train_id_sequential(

@@ -22,6 +22,7 @@ from tailor.evaluation.report import evaluation_markdown, write_sample
 from tailor.evaluation.significance import bootstrap_claims
 from tailor.models.sequential import load_recommender
 from tailor.settings import Settings
+from tailor.stages.baselines import FittedBaselines, load_baseline_fits
 from tailor.stages.data import PreparedData, all_interactions, load_histories, pseudonyms_for
 from tailor.stages.train import Trained
 from tailor.tracking.record import Child, Record
@@ -96,11 +97,13 @@ def evaluate_models(
     settings: Settings,
     out_dir: Path,
     frozen_vectors_path: Path | None = None,
+    fitted: FittedBaselines | None = None,
 ) -> Evaluation:
     """The evaluation fit and every baseline under the default protocol, with its reports.
 
     `vectors_path` holds the text vectors the model was trained on; when those came from a
     tuned encoder, `frozen_vectors_path` holds the pre-trained encoder's (for `text-cosine`).
+    `fitted`: the baselines' fits made beside the evaluation fit (else they are made here).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,7 @@ def evaluate_models(
     if frozen_vectors_path is not None and Path(frozen_vectors_path) != Path(vectors_path):
         frozen = np.load(frozen_vectors_path)
     device = settings.train.device
+    fits = None if fitted is None else load_baseline_fits(fitted, text_vectors, device)
     comparison = compare_models(
         exam,
         text_vectors,
@@ -122,6 +126,7 @@ def evaluate_models(
         settings.seed,
         frozen_vectors=frozen,
         train=settings.train,
+        fitted=fits,
     )
     significance = bootstrap_claims(comparison, exam, settings.seed)
     rows, started = [], time.perf_counter()
