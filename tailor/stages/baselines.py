@@ -33,6 +33,7 @@ from tailor.models.hardware import free_cores
 from tailor.models.sequential import load_recommender
 from tailor.settings import Settings
 from tailor.stages.data import PreparedData, load_histories
+from tailor.stages.embed import load_text_vectors
 
 FITS_FILE = "baselines.json"
 LOG_FILE = "baselines.log"
@@ -118,10 +119,7 @@ def fit_and_save_baselines(
 
     out_dir = Path(out_dir)
     exam = Exam(load_histories(prepared), settings.eval)
-    vectors = np.load(vectors_path)
-    frozen = None
-    if frozen_vectors_path is not None and Path(frozen_vectors_path) != Path(vectors_path):
-        frozen = np.load(frozen_vectors_path)
+    vectors, frozen = load_text_vectors(vectors_path, frozen_vectors_path)
     fits = fit_baselines(exam, vectors, settings.train, settings.seed, frozen)
     saved: dict[str, Any] = {"threads": torch.get_num_threads(), "id_models": {}, "searches": {}}
     for name, (valid_model, refit_model, params) in fits.id_models.items():

@@ -164,3 +164,14 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     with tmp.open("wb") as fh:
         np.save(fh, array)
     os.replace(tmp, path)
+
+
+def load_text_vectors(
+    vectors_path: Path, frozen_vectors_path: Path | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The item vectors a model read, and the pre-trained encoder's when they came from a
+    tuned one (None when there are none or they are the same file)."""
+    vectors = np.load(vectors_path)
+    if frozen_vectors_path is None or Path(frozen_vectors_path) == Path(vectors_path):
+        return vectors, None
+    return vectors, np.load(frozen_vectors_path)

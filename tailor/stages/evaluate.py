@@ -24,6 +24,7 @@ from tailor.models.sequential import load_recommender
 from tailor.settings import Settings
 from tailor.stages.baselines import FittedBaselines, load_baseline_fits
 from tailor.stages.data import PreparedData, all_interactions, load_histories, pseudonyms_for
+from tailor.stages.embed import load_text_vectors
 from tailor.stages.train import Trained
 from tailor.tracking.record import Child, Record
 
@@ -109,10 +110,7 @@ def evaluate_models(
     out_dir.mkdir(parents=True, exist_ok=True)
     hist = load_histories(prepared)
     exam = Exam(hist, settings.eval)
-    text_vectors = np.load(vectors_path)
-    frozen = None
-    if frozen_vectors_path is not None and Path(frozen_vectors_path) != Path(vectors_path):
-        frozen = np.load(frozen_vectors_path)
+    text_vectors, frozen = load_text_vectors(vectors_path, frozen_vectors_path)
     device = settings.train.device
     fits = None if fitted is None else load_baseline_fits(fitted, text_vectors, device)
     comparison = compare_models(
