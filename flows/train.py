@@ -1,5 +1,5 @@
-"""Training: clean -> embed -> evaluation fit (baselines beside it) -> evaluate -> production
-fit -> register (gate)."""
+"""Training: clean -> embed -> evaluation fit (baselines beside it) -> evaluate (production fit
+beside it) -> register (gate)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from flows.common import embed_in_shards, embedding_of, resolve_settings, tracked_run
 from tailor.settings import Settings
-from tailor.stages.baselines import side_by_side
+from tailor.stages.child import side_by_side
 from tailor.stages.register import lineage_of
 from tailor.stages.train import PRODUCTION_RUN
 from tasks.data import prepare_data
@@ -19,7 +19,7 @@ from tasks.embed import embed_items, tune_encoder
 from tasks.evaluate import evaluate_cold_start, evaluate_draws, evaluate_models, fit_baselines
 from tasks.index import build_index
 from tasks.register import bundle_model, register_model, score_champion
-from tasks.train import train_production, train_recommender
+from tasks.train import train_production, train_production_beside, train_recommender
 
 
 class TrainResult(BaseModel):
@@ -71,6 +71,13 @@ def train(
         # The evaluation fit: hold-outs as the protocol needs; every metric comes from it.
         trained = train_recommender(prepared, vectors, lane, out / "evaluation_fit")
         run.log(trained)
+        # The production fit (the same recipe on every event, what gets registered) needs
+        # nothing but the evaluation fit either: it runs beside the stages that measure it.
+        production = None
+        if settings.train.production_beside:
+            production = train_production_beside.submit(
+                prepared, vectors, trained, side_by_side(settings), out / "production"
+            )
         fitted = baselines.result() if baselines is not None else None
         evaluation = evaluate_models(
             prepared, vectors, trained, settings, out / "evaluation", frozen, fitted
@@ -88,8 +95,10 @@ def train(
             draws = evaluate_draws(prepared, vectors, evaluation, trained, encoded, out / "draws")
             run.log(draws)
 
-        # The production fit: the same recipe on every event. It is what gets registered.
-        production = train_production(prepared, vectors, trained, settings, out / "production")
+        if production is None:
+            production = train_production(prepared, vectors, trained, settings, out / "production")
+        else:
+            production = production.result()
         production_run = run.log(production)[PRODUCTION_RUN]
         index = build_index(
             production.model_dir,

@@ -379,6 +379,12 @@ class TrainSettings(_Section):
         "threads than free cores makes every step wait on the slowest); None = torch default.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+    production_beside: bool = Field(
+        True,
+        description="Run the production fit in a child process beside the evaluation and "
+        "cold-start stages (all three need only the evaluation fit), on half the free cores "
+        "when `threads = auto`; false = after them, in the flow's process.",
+    )
 
     @model_validator(mode="after")
     def _reads_something(self) -> TrainSettings:
@@ -825,8 +831,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds: for tests and trying the pipeline end to end.
     "tiny": {
         "data": {"source": "synthetic"},
-        "train": {"epochs": 3, "dim": 32, "layers": 1, "max_len": 20},
-        # A child process costs seconds of start-up: more than these baselines take.
+        # A child process costs seconds of start-up: more than these fits take.
+        "train": {"epochs": 3, "dim": 32, "layers": 1, "max_len": 20, "production_beside": False},
         "eval": {"baselines_beside": False},
     },
     # The training recipe before the one-cycle default (2026-11): up to 40 epochs at a constant

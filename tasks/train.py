@@ -37,12 +37,29 @@ def train_production(
 ) -> ProductionFit:
     """The production fit: the evaluation fit's recipe on every event, its chosen epochs."""
     result = stage.train_production(prepared, vectors_path, trained, settings, out_dir)
+    _log_production(result, "")
+    return result
+
+
+@stage_task()
+def train_production_beside(
+    prepared: PreparedData, vectors_path: Path, trained: Trained, settings: Settings, out_dir: Path
+) -> ProductionFit:
+    """`train_production` in a child process: submitted beside the evaluation stages."""
+    result, seconds = stage.train_production_in_child(
+        prepared, vectors_path, trained, settings, out_dir
+    )
+    _log_production(result, f" (a child process of {seconds:.1f} s)")
+    return result
+
+
+def _log_production(result: ProductionFit, where: str) -> None:
     get_run_logger().info(
-        "production fit: %d member(s) x %d epochs on %d events of %d users in %.1f s",
+        "production fit: %d member(s) x %d epochs on %d events of %d users in %.1f s%s",
         len(result.seeds),
         result.epochs,
         result.n_events,
         result.n_users,
         result.seconds,
+        where,
     )
-    return result

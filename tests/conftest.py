@@ -46,9 +46,10 @@ def tiny_settings(workdir: Path, **overrides) -> Settings:
             "max_len": 10,
             "batch_size": 32,
             "threads": 1,
+            # In the flow's process: a child process per run would cost seconds each.
+            "production_beside": False,
         },
         "refresh": {"k": 5},
-        # In the evaluation stage: a child process per run would cost seconds each.
         "eval": {"baselines_beside": False},
     }
     for key, value in overrides.items():

@@ -1,11 +1,14 @@
-"""The baselines' child process: how it shares the cores, and how it fails."""
+"""The child processes beside the flow (the baselines', the production fit's): how they share
+the cores, and how they fail."""
 
 from __future__ import annotations
 
 import pytest
 
-from tailor.stages.baselines import fit_baselines_in_child, side_by_side
+from tailor.stages.baselines import fit_baselines_in_child
+from tailor.stages.child import side_by_side
 from tailor.stages.data import prepare_data
+from tailor.stages.train import Trained, train_production_in_child
 from tests.conftest import tiny_settings
 
 
@@ -26,3 +29,16 @@ def test_a_failing_child_raises_with_the_end_of_its_log(tmp_path):
         fit_baselines_in_child(prepared, tmp_path / "missing.npy", settings, tmp_path / "out")
     assert "missing.npy" in str(failed.value)
     assert not (tmp_path / "out" / "baselines.json").exists()
+
+
+def test_a_failing_production_child_raises_with_the_end_of_its_log(tmp_path):
+    settings = tiny_settings(tmp_path)
+    prepared = prepare_data(settings, tmp_path / "data")
+    nothing = tmp_path / "no-model"
+    trained = Trained(nothing, nothing, [], [], [], threads=1, best_epoch=2, seconds=0.0)
+    with pytest.raises(RuntimeError, match=r"production\.log ends") as failed:
+        train_production_in_child(
+            prepared, tmp_path / "missing.npy", trained, settings, tmp_path / "out"
+        )
+    assert "missing.npy" in str(failed.value)
+    assert not (tmp_path / "out" / "production.json").exists()

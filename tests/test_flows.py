@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from flows.pipeline import train_and_refresh
@@ -330,11 +331,16 @@ def test_an_approximate_index_is_tuned_to_its_recall_and_logged(workdir):
     assert 0.0 < result.metrics["tailor-seq"]["test_recall_at_20"] <= 1.0
 
 
-def test_baselines_fitted_beside_the_fit_give_the_same_evaluation(tmp_path):
-    # One torch thread everywhere: the child's fits are then the in-process fits, bit for bit.
+def test_fits_beside_the_evaluation_give_the_same_models(tmp_path):
+    # One torch thread everywhere: the children's fits are then the in-process fits, bit for
+    # bit (the baselines beside the evaluation fit, the production fit beside the evaluation).
     runs = {}
     for beside in (False, True):
-        settings = tiny_settings(tmp_path / str(beside), eval={"baselines_beside": beside})
+        settings = tiny_settings(
+            tmp_path / str(beside),
+            eval={"baselines_beside": beside},
+            train={"production_beside": beside},
+        )
         runs[beside] = train(settings=settings)
     before, beside = runs[False], runs[True]
     assert {"sasrec", "als", "ease"} <= set(beside.metrics)
@@ -343,3 +349,17 @@ def test_baselines_fitted_beside_the_fit_give_the_same_evaluation(tmp_path):
     fitted = beside.out_dir / "baselines"
     assert (fitted / "baselines.json").is_file() and (fitted / "sasrec" / "model").is_dir()
     assert not (before.out_dir / "baselines").exists()
+    # The registered production fit: the same weights, and its child's answer left beside it.
+    assert (beside.out_dir / "production" / "production.json").is_file()
+    assert not (before.out_dir / "production" / "production.json").exists()
+    weights = {
+        key: sorted((run.out_dir / "production" / "model").rglob("model.pt"))
+        for key, run in runs.items()
+    }
+    assert len(weights[True]) == len(weights[False]) >= 1
+    for mine, theirs in zip(weights[True], weights[False], strict=True):
+        a = torch.load(mine, weights_only=True)
+        b = torch.load(theirs, weights_only=True)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert beside.production_seconds > 0

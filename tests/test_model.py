@@ -8,7 +8,13 @@ import torch
 
 from tailor.evaluation.metrics import ranking_metrics
 from tailor.models.baselines import MostPopular
-from tailor.models.sequential import SeqRecommender, left_pad, make_training_windows
+from tailor.models.sequential import (
+    ModelConfig,
+    SeqRecNet,
+    SeqRecommender,
+    left_pad,
+    make_training_windows,
+)
 from tailor.ranking.rank import RankPolicy, rank_dense
 from tailor.ranking.tail import item_popularity
 from tailor.settings import TrainSettings
@@ -35,6 +41,29 @@ def test_only_positives_are_targets_but_every_event_is_input():
     assert ok.tolist() == [[True, False, True, False], [True, False, True, True]]
     targets = sorted(int(t) for w, m in zip(windows, ok, strict=True) for t in w[1:][m[1:]])
     assert targets == [2, 3, 5]
+
+
+@pytest.mark.parametrize("sequence", ["transformer", "gru"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_the_last_position_alone_is_the_full_pass_last_position(rng, sequence, layers):
+    # A user's vector skips the last block's other queries; it must be the same vector.
+    cfg = ModelConfig(
+        n_items=60, text_dim=8, dim=16, layers=layers, heads=2, max_len=12, dropout=0.2,
+        text_view=True, sequence=sequence,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = SeqRecNet(cfg, rng.normal(size=(60, 8)).astype(np.float32))
+    with torch.no_grad():
+        net.item_id.weight.normal_()  # zero-initialised: give the id part a say too
+    net.eval()
+    lengths = [0, 1, 2, 5, 11, 12, 30]  # empty, padded, full and longer than max_len
+    seqs = torch.as_tensor(left_pad([rng.integers(0, 60, n) for n in lengths], 12))
+    with torch.inference_mode():
+        full, last = net.encode(seqs)[:, -1], net.encode_last(seqs)
+    assert last.shape == (len(lengths), 16)
+    assert torch.isfinite(last).all()
+    assert torch.allclose(full, last, atol=1e-5)
+    assert not torch.allclose(last[3], last[4], atol=1e-3)  # users differ: not a constant
 
 
 def test_an_item_that_is_never_a_positive_stays_out_of_the_softmax(rng):

@@ -159,27 +159,60 @@ class SeqRecNet(nn.Module):
 
     def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L, dim) for left-padded sequences (padding = -1)."""
+        x, pad = self._inputs(seqs, items)
+        if self.cfg.sequence == "gru":
+            h, _ = self.blocks(x)
+            return self.norm(h)
+        return self.norm(self.blocks(x, mask=self._attention_mask(pad)))
+
+    def encode_last(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The last position's hidden state (B, dim): `encode(...)[:, -1]`, what a user's
+        vector is. The last block computes only that position's query: half the blocks'
+        work at two blocks, and a user's vector is most of what validation, evaluation,
+        cold start and the refresh compute."""
+        if self.cfg.sequence == "gru":
+            return self.encode(seqs, items)[:, -1]
+        x, pad = self._inputs(seqs, items)
+        *first, last = self.blocks.layers
+        if first:
+            mask = self._attention_mask(pad)
+            for layer in first:
+                x = layer(x, src_mask=mask)
+        # `encode`'s mask for the last row: every padded key blocked but the position itself.
+        keys_blocked = pad.clone()
+        keys_blocked[:, -1] = False
+        y = last.norm1(x)  # the blocks are pre-norm (norm_first)
+        attended = last.self_attn(
+            y[:, -1:], y, y, key_padding_mask=keys_blocked, need_weights=False
+        )[0]
+        h = x[:, -1:] + last.dropout1(attended)
+        h = h + last._ff_block(last.norm2(h))
+        return self.norm(h[:, 0])
+
+    def _inputs(
+        self, seqs: torch.Tensor, items: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' input for left-padded sequences, and where the padding is."""
         if items is None:
             items = self.item_matrix()
         pad = seqs < 0
         x = items[seqs.clamp(min=0)] * (~pad).unsqueeze(-1)
-        if self.cfg.sequence == "gru":
-            # Left padding is zeros read before the first event: the same start state for
-            # every user, so no packing is needed and the last position is the user.
-            h, _ = self.blocks(self.input_drop(x))
-            return self.norm(h)
-        x = x + self.position.weight[-seqs.shape[1] :]
-        x = self.input_drop(x)
-        length = seqs.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        if self.cfg.sequence != "gru":
+            # A GRU gets its order from the recurrence; left padding is zeros read before
+            # the first event, the same start state for every user, so no packing is needed.
+            x = x + self.position.weight[-seqs.shape[1] :]
+        return self.input_drop(x), pad
+
+    def _attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
+        """Causal attention with padded keys blocked, one (L, L) mask per sequence and head."""
+        length = pad.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=pad.device).triu(1)
         # Block padded keys, but let every position see itself so no row is fully masked
         # (a fully masked row gives NaN); padded positions' outputs are never used.
         blocked = causal.unsqueeze(0) | pad.unsqueeze(1)
-        eye = torch.eye(length, dtype=torch.bool, device=seqs.device).unsqueeze(0)
+        eye = torch.eye(length, dtype=torch.bool, device=pad.device).unsqueeze(0)
         blocked = blocked & ~eye
-        mask = blocked.repeat_interleave(self.cfg.heads, dim=0)
-        h = self.blocks(x, mask=mask)
-        return self.norm(h)
+        return blocked.repeat_interleave(self.cfg.heads, dim=0)
 
 
 def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
@@ -687,7 +720,7 @@ class SeqRecommender:
                 self.net = net
 
             def forward(self, seqs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-                return self.net.encode(seqs, items)
+                return self.net.encode_last(seqs, items)
 
         example = torch.zeros((1, self.config.max_len), dtype=torch.long, device=self.device)
         try:
@@ -786,7 +819,7 @@ class SeqRecommender:
             chunk = histories[start : start + batch]
             seqs = torch.as_tensor(left_pad(chunk, self.config.max_len), device=self.device)
             single = self._single if self._frozen is not None and len(chunk) == 1 else None
-            h = (single if single is not None else self.net.encode)(seqs, items)[:, -1]
+            h = (single if single is not None else self.net.encode_last)(seqs, items)
             # A user with no history gets the zero vector: every item scores 0.
             empty = (seqs < 0).all(dim=1)
             h[empty] = 0.0

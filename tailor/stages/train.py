@@ -3,7 +3,9 @@ reported metric) and the production fit (the same recipe on every event, registe
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tailor.evaluation.compare import Exam
 from tailor.models.sequential import fit_members, load_recommender, refit_settings
 from tailor.models.windows import write_windows
 from tailor.settings import Settings
+from tailor.stages.child import from_json, read_request, run_in_child, to_json, write_answer
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
 
@@ -128,6 +131,7 @@ class ProductionFit:
 
 
 PRODUCTION_RUN = "production-fit"
+PRODUCTION_FILE = "production.json"  # a child process's answer (`train_production_in_child`)
 
 
 def train_production(
@@ -195,3 +199,49 @@ def train_production(
         data_start=prepared.data_start,
         data_end=prepared.data_end,
     )
+
+
+def train_production_in_child(
+    prepared: PreparedData,
+    vectors_path: Path,
+    trained: Trained,
+    settings: Settings,
+    out_dir: Path,
+) -> tuple[ProductionFit, float]:
+    """`train_production` in a new Python process (`tailor.stages.child`), so that it can run
+    beside the evaluation and cold-start stages, which need only the evaluation fit too.
+    Returns the fit and the child's wall seconds (start-up included). Its log goes to
+    `out_dir/production.log`; a failure raises with the log's end.
+    """
+    out_dir = Path(out_dir)
+    request = {
+        "prepared": to_json(prepared),
+        "vectors_path": str(vectors_path),
+        "trained": to_json(trained),
+        "settings": json.loads(settings.model_dump_json()),
+        "out_dir": str(out_dir),
+    }
+    seconds = run_in_child(
+        "tailor.stages.train", request, out_dir / "production.log", settings.train.threads
+    )
+    answer = json.loads((out_dir / PRODUCTION_FILE).read_text())
+    return from_json(ProductionFit, answer), seconds
+
+
+def _main() -> int:
+    request = read_request()
+    out_dir = Path(request["out_dir"])
+    fit = train_production(
+        from_json(PreparedData, request["prepared"]),
+        Path(request["vectors_path"]),
+        from_json(Trained, request["trained"]),
+        Settings.model_validate(request["settings"]),
+        out_dir,
+        progress=False,
+    )
+    write_answer(out_dir / PRODUCTION_FILE, to_json(fit))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
