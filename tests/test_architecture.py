@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +134,16 @@ def test_nothing_cites_a_file_outside_the_repository():
         if "DESIGN.md" in text or "../shared" in text:
             citing.append(name)
     assert citing == []
+
+
+def test_the_stage_children_start_without_mlflow_or_prefect():
+    # A child process (tailor.stages.child) runs beside the flow on a core of its own: every
+    # second of its start-up is on the run's critical path, and it logs nothing itself.
+    code = (
+        "import sys, tailor.stages.baselines, tailor.stages.train; "
+        "print(sorted(m for m in ('mlflow', 'prefect') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -183,3 +183,20 @@ def test_compile_benchmark_times_eager_and_compiled_epochs_alike(tmp_path):
     eager, compiled = (list(map(float, rows[m][5].split(", "))) for m in ("eager", "compiled"))
     # (Compiled kernels sum in another order: losses drift apart by about 1e-4 in 2 epochs.)
     assert len(eager) == 2 and eager == pytest.approx(compiled, rel=1e-3)
+
+
+def test_user_vector_benchmark_times_both_ways_to_the_same_vectors(tmp_path):
+    done = run_benchmark(
+        "user_vectors.py", "--preset", "tiny", "--rounds", "2", "--workdir", str(tmp_path)
+    )
+    rows = {}
+    for line in done.stdout.splitlines():
+        if line.startswith(("| full pass", "| last position")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells
+    assert set(rows) == {"full pass", "last position"}
+    for cells in rows.values():
+        assert float(cells[1]) > 0 and float(cells[2]) > 0
+    assert rows["full pass"][3] == "1.00x"
+    gap = float(done.stdout.rsplit("vectors: ", 1)[1].split()[0])
+    assert gap < 1e-4  # the same vectors, to floating-point rounding

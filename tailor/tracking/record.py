@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tailor.tracking.runs import log_artifact, log_metrics, log_params
-
 CHILD_TAG = "tailor.child"
 
 
@@ -41,6 +39,10 @@ def log_record(client, run_id: str, record: Record) -> dict[str, str]:
     A retried flow run logs into the run it already has: params already there are kept, and a
     child run that exists (same name under the same parent) is reused, not duplicated.
     """
+    # Imported here, not above: every stage result imports `Record`, and the stages' child
+    # processes (tailor.stages.child) never log, so they need not import MLflow (about 1 s).
+    from tailor.tracking.runs import log_artifact, log_metrics, log_params
+
     log_params(client, run_id, record.params)
     log_metrics(client, run_id, record.metrics)
     for name, values in record.series.items():
