@@ -1,7 +1,7 @@
 """The old training recipe against the new default, side by side on the same data.
 
     python benchmarks/train_speed.py [--workdir .tailor] [--preset NAME] [--resamples 1000]
-                                     [--try NAME:key=value,key=value ...]
+                                     [--try NAME:key=value,key=value ...] [--seeds 42,7,1]
 
 Each recipe runs in its own child process, one after the other (so peak memory is its own and
 neither shares the cores with the other), and fine-tunes exactly what the main job fine-tunes
@@ -20,6 +20,12 @@ cold-item recall@20. A difference is significantly worse when its whole interval
 
 `--try` adds recipes to compare (train settings on top of the default), e.g.
 `--try b256:batch_size=256,learning_rate=0.006`.
+
+`--seeds` repeats the whole comparison per seed (the seed draws the held-out items, orders
+same-second events and seeds every fit): the old recipe's cost is mostly where its early
+stopping lands, which moves with the seed, so one seed's ratio is one draw of it. With more
+than one seed a last table gives each recipe's fine-tune seconds per seed, their mean, and the
+ratio of the means.
 """
 
 from __future__ import annotations
@@ -62,9 +68,11 @@ def recipe_settings(settings, recipe: str, changes: dict, old_epochs: int | None
     return type(train).model_validate({**train.model_dump(), **changes})
 
 
-def run_child(workdir: Path, preset: str | None, train: dict, out: Path, reuse: bool) -> dict:
+def run_child(
+    workdir: Path, preset: str | None, train: dict, out: Path, reuse: bool, seed: int
+) -> dict:
     """One recipe in a fresh process; returns its timings and writes its test lists."""
-    spec = {"train": train, "out": str(out)}
+    spec = {"train": train, "out": str(out), "seed": seed}
     done = out / "result.json"
     if reuse and done.is_file() and json.loads(done.read_text()).get("spec") == spec:
         return json.loads(done.read_text())
@@ -93,10 +101,10 @@ def child(spec: dict, workdir: Path, preset: str | None) -> None:
 
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(preset=preset, workdir=workdir)
+    settings = load_settings(preset=preset, workdir=workdir, seed=spec["seed"])
     train = type(settings.train).model_validate(spec["train"])
     settings = settings.model_copy(update={"train": train})
-    prepared = prepare_data(settings, workdir.resolve() / "train-speed" / "data")
+    prepared = prepare_data(settings, out.parent / "data")
     vectors = embed_items(prepared.items, settings, progress=False).vectors
     hist = load_histories(prepared)
     exam = Exam(hist, settings.eval)
@@ -170,6 +178,9 @@ def main() -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse a recipe's stored result (same settings)"
     )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds, one comparison each (default: seed)"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -177,27 +188,58 @@ def main() -> int:
         child(json.loads(args.child), workdir, args.preset)
         return 0
 
-    from tailor.evaluation.compare import Exam
-    from tailor.evaluation.metrics import clustered_bootstrap, paired_bootstrap, per_user_metric
     from tailor.settings import load_settings
-    from tailor.stages.data import load_histories, prepare_data
 
     settings = load_settings(preset=args.preset, workdir=workdir)
-    root = workdir.resolve() / "train-speed"
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [settings.seed]
     recipes = [] if args.skip_old else [(OLD, "old", {})]
     recipes.append((NEW, "new", {}))
     recipes += [(name, "new", changes) for name, changes in map(parse_try, args.tries)]
+    totals: dict[str, list[float]] = {name: [] for name, _, _ in recipes}
+    for seed in seeds:
+        seeded = settings.model_copy(update={"seed": seed})
+        # One seed keeps the folder of before, so --reuse finds earlier results.
+        root = workdir.resolve() / "train-speed"
+        if len(seeds) > 1:
+            root = root / f"seed-{seed}"
+        results = compare(seeded, recipes, root, args)
+        for name, r in results.items():
+            totals[name].append(r["evaluation_seconds"] + r["production_seconds"])
+    if len(seeds) > 1:
+        base = float(np.mean(totals[recipes[0][0]]))
+        print(
+            f"\nFine-tune seconds per seed ({', '.join(map(str, seeds))}), mean, ratio of means:\n"
+        )
+        print("| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | x first |")
+        print("| --- | " + " | ".join("---:" for _ in seeds) + " | ---: | ---: |")
+        for name, values in totals.items():
+            cells = " | ".join(f"{v:.1f}" for v in values)
+            mean = float(np.mean(values))
+            print(f"| {name} | {cells} | {mean:.1f} | {base / mean:.1f}x |")
+    return 0
+
+
+def compare(settings, recipes, root: Path, args) -> dict[str, dict]:
+    """Every recipe on `settings.seed`, each in its own process; prints the two tables."""
+    from tailor.evaluation.compare import Exam
+    from tailor.evaluation.metrics import clustered_bootstrap, paired_bootstrap, per_user_metric
+    from tailor.stages.data import load_histories, prepare_data
+
+    workdir = Path(args.workdir)
     results, tops = {}, {}
     for name, recipe, changes in recipes:
-        print(f"training: {name} {changes or ''}", file=sys.stderr, flush=True)
+        print(
+            f"training: {name} {changes or ''} (seed {settings.seed})", file=sys.stderr, flush=True
+        )
         out = root / name.split()[0]
         train = recipe_settings(settings, recipe, changes, args.old_epochs)
         train = train.model_dump(mode="json")
-        results[name] = run_child(workdir, args.preset, train, out, args.reuse)
+        results[name] = run_child(workdir, args.preset, train, out, args.reuse, settings.seed)
         tops[name] = dict(np.load(out / "tops.npz"))
 
     hist = load_histories(prepare_data(settings, root / "data"))
     exam = Exam(hist, settings.eval)
+    print(f"\n### seed {settings.seed}")
     print(
         "\n| recipe | s / epoch | epochs to best (ran) | evaluation fit s | production fit s "
         "| fine-tune s | x old | peak MB | NDCG@10 | tail-recall@20 | coverage@20 "
@@ -222,8 +264,7 @@ def main() -> int:
     print(f"\nDifferences against {recipes[0][0]}, 95 % paired bootstrap ({args.resamples}):\n")
     print("| recipe | NDCG@10 | tail-recall@20 | coverage@20 | cold recall@20 |")
     print("| --- | --- | --- | --- | --- |")
-    a_name = recipes[0][0]
-    a = tops[a_name]
+    a = tops[recipes[0][0]]
     seed, n = settings.seed, args.resamples
     for name in list(results)[1:]:
         b = tops[name]
@@ -253,7 +294,7 @@ def main() -> int:
             f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{' worse' if hi < 0 else ''}" for d, lo, hi in cells
         ]
         print(f"| {name} | " + " | ".join(text) + " |")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

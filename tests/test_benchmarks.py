@@ -96,6 +96,26 @@ def test_train_speed_benchmark_compares_the_two_recipes(tmp_path):
     assert all(cell.count("[") == 1 for cell in differences[0][1:])  # each with its interval
 
 
+def test_train_speed_over_seeds_prints_each_seed_and_the_means(tmp_path):
+    options = ["--preset", "tiny", "--workdir", str(tmp_path), "--resamples", "50"]
+    done = run_benchmark("train_speed.py", *options, "--old-epochs", "2", "--seeds", "5,6")
+    assert done.stdout.count("### seed ") == 2
+    rows = {
+        cells[0]: cells
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and "---" not in line
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+        if len(cells) == 5 and not cells[1].startswith(("+", "-"))
+    }
+    old, new = rows["old (early-stopped)"], rows["new default"]
+    assert old[4] == "1.0x" and float(new[4].rstrip("x")) > 0
+    for cells in (old, new):
+        per_seed = [float(v) for v in cells[1:3]]
+        assert min(per_seed) > 0 and float(cells[3]) == pytest.approx(sum(per_seed) / 2, abs=0.06)
+    assert (tmp_path / "train-speed" / "seed-5" / "new" / "result.json").is_file()
+    assert (tmp_path / "train-speed" / "seed-6" / "old" / "result.json").is_file()
+
+
 def test_train_scale_benchmark_times_both_window_paths_on_the_same_windows(tmp_path):
     options = ["--events", "20000", "--items", "3000", "--steps", "5", "--workdir", str(tmp_path)]
     done = run_benchmark("train_scale.py", *options)
