@@ -3,10 +3,13 @@ the cores, and how they fail."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from tailor.settings import Settings
 from tailor.stages.baselines import fit_baselines_in_child
-from tailor.stages.child import side_by_side
+from tailor.stages.child import settings_for_child, side_by_side
 from tailor.stages.data import prepare_data
 from tailor.stages.train import Trained, train_production_in_child
 from tests.conftest import tiny_settings
@@ -42,3 +45,14 @@ def test_a_failing_production_child_raises_with_the_end_of_its_log(tmp_path):
         )
     assert "missing.npy" in str(failed.value)
     assert not (tmp_path / "out" / "production.json").exists()
+
+
+def test_a_childs_settings_carry_no_key(tmp_path):
+    settings = tiny_settings(
+        tmp_path, tracking={"pseudonym_key": "pseudo-s3cret"}, serve={"write_keys": ["w-s3cret"]}
+    )
+    sent = settings_for_child(settings)
+    assert "s3cret" not in json.dumps(sent) and "*****" not in json.dumps(sent)
+    received = Settings.model_validate(sent)  # what the child makes of it
+    assert received.tracking.pseudonym_key is None and received.serve.write_keys == []
+    assert received.train == settings.train and received.data == settings.data

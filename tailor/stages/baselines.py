@@ -21,7 +21,14 @@ import numpy as np
 from tailor.evaluation.compare import BaselineFits, Exam, Trial, fit_baselines
 from tailor.models.sequential import load_recommender
 from tailor.settings import Settings
-from tailor.stages.child import from_json, read_request, run_in_child, to_json, write_answer
+from tailor.stages.child import (
+    from_json,
+    read_request,
+    run_in_child,
+    settings_for_child,
+    to_json,
+    write_answer,
+)
 from tailor.stages.data import PreparedData, load_histories
 from tailor.stages.embed import load_text_vectors
 
@@ -55,7 +62,7 @@ def fit_baselines_in_child(
         "vectors_path": str(vectors_path),
         "frozen_vectors_path": str(frozen_vectors_path) if frozen_vectors_path else None,
         "out_dir": str(out_dir),
-        "settings": json.loads(settings.model_dump_json()),
+        "settings": settings_for_child(settings),
     }
     seconds = run_in_child(
         "tailor.stages.baselines", request, out_dir / LOG_FILE, settings.train.threads

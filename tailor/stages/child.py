@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tailor.models.hardware import free_cores
-from tailor.settings import Settings
+from tailor.settings import SECRET_FIELDS, Settings
 
 T = TypeVar("T")
 
@@ -38,6 +38,12 @@ def side_by_side(settings: Settings, lanes: int = 2) -> Settings:
     return settings.model_copy(
         update={"train": settings.train.model_copy(update={"threads": threads})}
     )
+
+
+def settings_for_child(settings: Settings) -> dict[str, Any]:
+    """`settings` as JSON for a child's request, without the keys: no child needs one, and a
+    key dumped masked would come back as a wrong key rather than none."""
+    return settings.model_dump(mode="json", exclude=SECRET_FIELDS)
 
 
 def run_in_child(

@@ -17,7 +17,14 @@ from tailor.evaluation.compare import Exam
 from tailor.models.sequential import fit_members, load_recommender, refit_settings
 from tailor.models.windows import write_windows
 from tailor.settings import Settings
-from tailor.stages.child import from_json, read_request, run_in_child, to_json, write_answer
+from tailor.stages.child import (
+    from_json,
+    read_request,
+    run_in_child,
+    settings_for_child,
+    to_json,
+    write_answer,
+)
 from tailor.stages.data import PreparedData, all_histories, load_histories
 from tailor.tracking.record import Child, Record
 
@@ -218,7 +225,7 @@ def train_production_in_child(
         "prepared": to_json(prepared),
         "vectors_path": str(vectors_path),
         "trained": to_json(trained),
-        "settings": json.loads(settings.model_dump_json()),
+        "settings": settings_for_child(settings),
         "out_dir": str(out_dir),
     }
     seconds = run_in_child(
