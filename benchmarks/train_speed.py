@@ -11,7 +11,9 @@ event). Both read the data and item vectors of the workdir, prepared and embedde
 `tailor run` does (cached after the first time). The test lists come from the evaluation fit
 through the served path (tuned index, tail-aware re-ranking), as `tailor run` reports them.
 
-Printed: per recipe, seconds per epoch, epochs to the best validation score, the evaluation
+Printed: per recipe, seconds per epoch (per pass over the training windows, every fit's
+windows counted: a warm refit or production fit on each user's newest window counts for the
+share of a pass it trained on), epochs to the best validation score, the evaluation
 and production fits' seconds, the total, peak memory, and the test metrics; then each metric's
 difference (new - old) with a paired bootstrap 95 % interval: over users for NDCG@10, over
 users with a tail target for tail-recall@20, over users (recomputing the catalogue share, the
@@ -92,7 +94,7 @@ def run_child(
 
 def child(spec: dict, workdir: Path, preset: str | None) -> None:
     from tailor.evaluation.compare import Exam, served_index
-    from tailor.models.sequential import load_recommender
+    from tailor.models.sequential import load_recommender, make_training_windows
     from tailor.ranking.rank import rank_histories
     from tailor.settings import load_settings
     from tailor.stages.data import load_histories, prepare_data
@@ -126,16 +128,15 @@ def child(spec: dict, workdir: Path, preset: str | None) -> None:
     }
     np.savez(out / "tops.npz", **tops)
     metrics = exam.measure(tops)
-    ran = len(trained.losses)
     scores = trained.valid_scores
-    epochs = ran + production.epochs * len(production.seeds)
-    if train.refit:
-        epochs += train.refit_epochs or trained.best_epoch
+    # Epochs in passes over the training windows: a refit or production fit on the newest
+    # windows alone counts for the share of a pass it trained on.
+    one_pass = len(make_training_windows(hist.train, train.max_len, hist.train_liked)[0])
     result = {
         "spec": spec,
-        "epochs_run": ran,
-        "best_epoch": int(np.argmax(scores)) + 1 if scores else trained.best_epoch,
-        "epochs_total": epochs,
+        "epochs_run": len(trained.losses),
+        "best_epoch": trained.valid_epochs[int(np.argmax(scores))] if scores else None,
+        "epochs_total": (trained.windows + production.windows) / one_pass,
         "evaluation_seconds": evaluation_seconds,
         "production_seconds": production_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

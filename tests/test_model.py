@@ -122,7 +122,7 @@ def test_same_seed_same_scores(rng):
 def test_best_validation_epoch_is_kept(rng):
     histories, text = cyclic_task(rng, n_users=20)
     scores = iter([0.1, 0.9, 0.2])
-    settings = TrainSettings(epochs=3, dim=16, layers=1, max_len=6, keep="best")
+    settings = TrainSettings(epochs=3, dim=16, layers=1, max_len=6, keep="best", valid_every=1)
     model = SeqRecommender(text, settings)
     report = model.fit(histories, seed=0, valid_fn=lambda m: next(scores))
     assert report.best_epoch == 2 and report.valid_scores == [0.1, 0.9, 0.2]
@@ -169,7 +169,7 @@ def test_new_items_borrow_their_text_neighbours_id(rng):
 def test_early_stopping_patience(rng):
     histories, text = cyclic_task(rng, n_users=20)
     scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
-    settings = TrainSettings(epochs=6, dim=16, layers=1, patience=2, keep="best")
+    settings = TrainSettings(epochs=6, dim=16, layers=1, patience=2, keep="best", valid_every=1)
     model = SeqRecommender(text, settings)
     report = model.fit(histories, seed=0, valid_fn=lambda m: next(scores))
     assert len(report.losses) == 3 and report.best_epoch == 1

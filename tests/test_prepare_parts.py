@@ -196,8 +196,8 @@ def test_a_partitioned_run_streams_every_event_to_the_production_fit(both, tmp_p
     )
     windows = write_windows(parts.all_events, items[C.ITEM_ID].to_list(), 6, tmp_path / "w")
     assert windows.events == streamed.height and windows.users == len(users)
-    from_file, losses_file, _ = fit_members(text, train, [1, 2], windows)
-    in_memory, losses_memory, _ = fit_members(
+    from_file, losses_file, _, _ = fit_members(text, train, [1, 2], windows)
+    in_memory, losses_memory, _, _ = fit_members(
         text, train, [1, 2], [h for h, _ in ordered], [m for _, m in ordered]
     )
     assert losses_file == losses_memory
@@ -224,8 +224,13 @@ def test_the_production_stage_of_a_partitioned_run_counts_what_it_trained_on(tmp
     in_memory = train_production(
         replace(parts, all_events=None), vectors, trained, settings, tmp_path / "b", False
     )
-    for field in ("n_users", "n_events", "n_positives", "n_items_trained", "epochs", "seeds"):
+    fields = ("n_users", "n_events", "n_positives", "n_items_trained", "epochs", "seeds")
+    # The same windows, newest only (in the files' user order, so the batches differ).
+    for field in (*fields, "windows"):
         assert getattr(streamed, field) == getattr(in_memory, field), field
+    assert settings.train.refit_windows == "newest"
+    # Warm members on each user's newest window: one window a user, each epoch, each member.
+    assert streamed.windows == len(streamed.seeds) * streamed.epochs * streamed.n_users
     assert streamed.n_events == parts.n_interactions
     assert not (tmp_path / "a" / "windows").exists()  # training input, removed after the fit
     model = load_recommender(streamed.model_dir, np.load(vectors))

@@ -74,7 +74,7 @@ def test_validation_runs_every_few_epochs_and_after_the_last(rng):
 
 def test_the_last_epoch_is_kept_unless_the_best_is_asked_for(rng):
     histories, text = _task(rng)
-    settings = TrainSettings(epochs=3, dim=8, layers=1, max_len=6)
+    settings = TrainSettings(epochs=3, dim=8, layers=1, max_len=6, valid_every=1)
     scores = iter([0.1, 0.9, 0.2])
     last = SeqRecommender(text, settings, seed=0)
     report = last.fit(histories, seed=0, valid_fn=lambda m: next(scores))
@@ -91,7 +91,14 @@ def test_the_last_epoch_is_kept_unless_the_best_is_asked_for(rng):
 def test_warm_refit_starts_from_the_early_stopped_weights(rng):
     histories, text = _task(rng)
     settings = TrainSettings(
-        epochs=3, dim=8, layers=1, max_len=6, refit_epochs=1, learning_rate=1e-9, ensemble=False
+        epochs=3,
+        dim=8,
+        layers=1,
+        max_len=6,
+        refit_epochs=1,
+        learning_rate=1e-9,
+        refit_learning_rate=1e-9,
+        ensemble=False,
     )
     fitted = fit_recipe(text, settings, 0, histories, None, histories, None, lambda m: 0.0)
     first = fitted.valid_model.net.state_dict()
@@ -103,6 +110,18 @@ def test_warm_refit_starts_from_the_early_stopped_weights(rng):
     cold = fit_recipe(text, from_scratch, 0, histories, None, histories[:10], None, lambda m: 0.0)
     weights = cold.valid_model.net.state_dict()["adapter.0.weight"]
     assert not torch.allclose(weights, cold.evaluated.net.state_dict()["adapter.0.weight"])
+
+
+@pytest.mark.parametrize("windows", ["every", "newest"])
+def test_a_warm_refit_trains_on_the_windows_refit_windows_names(rng, windows):
+    histories, text = _task(rng, length=20)  # 20 events, max_len 6: 4 windows a user
+    settings = TrainSettings(
+        epochs=2, dim=8, layers=1, max_len=6, refit_epochs=3, refit_windows=windows, threads=1
+    )
+    fitted = fit_recipe(text, settings, 0, histories, None, histories, None, lambda m: 0.0)
+    assert fitted.report.windows == 2 * 30 * 4  # the first fit: every window
+    refit_pass = {"every": 30 * 4, "newest": 30}[windows]
+    assert fitted.windows == fitted.report.windows + 3 * refit_pass
 
 
 def test_padding_columns_cut_from_a_batch_change_no_hidden_state(rng):

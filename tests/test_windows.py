@@ -52,6 +52,40 @@ def test_streamed_windows_are_the_in_memory_windows(tmp_path, rng):
     assert (written.events, written.users) == (sum(map(len, histories)), len(histories))
 
 
+def test_newest_only_keeps_each_users_newest_window_in_memory_and_on_file(tmp_path, rng):
+    histories, liked, _, ids = task(rng)
+    windows, ok = make_training_windows(histories, 6, liked, newest_only=True)
+    users = [u for u, h in enumerate(histories) if len(h) >= 2]  # one event: no target
+    assert len(windows) == len(users) < len(make_training_windows(histories, 6, liked)[0])
+    for row, u in enumerate(users):
+        newest = histories[u][-7:]
+        np.testing.assert_array_equal(windows[row, 7 - len(newest) :], newest)
+        assert (windows[row, : 7 - len(newest)] == -1).all()
+        np.testing.assert_array_equal(ok[row, 7 - len(newest) :], liked[u][-7:])
+    events_file(tmp_path / "events.parquet", histories, liked, ids)
+    written = write_windows(
+        tmp_path / "events.parquet", ids, 6, tmp_path / "w", batch_rows=7, newest_only=True
+    )
+    got, got_ok = WindowFile.open(tmp_path / "w").read(0, written.n)
+    np.testing.assert_array_equal(got, windows)
+    np.testing.assert_array_equal(got_ok, ok)
+    # The counts (which items are trained, their logQ correction) still cover every event.
+    positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
+    np.testing.assert_array_equal(written.counts, np.bincount(positives, minlength=len(ids)))
+
+
+def test_a_fit_on_the_newest_windows_steps_through_them_alone(rng):
+    histories, liked, text, _ = task(rng)
+    settings = TrainSettings(epochs=2, dim=16, layers=1, max_len=6, batch_size=8, threads=1)
+    model = SeqRecommender(text, settings, seed=0)
+    report = model.fit(histories, seed=0, liked=liked, newest_only=True)
+    users = sum(len(h) >= 2 for h in histories)
+    assert report.steps == 2 * -(-users // 8)
+    positives = np.concatenate([h[m] for h, m in zip(histories, liked, strict=True)])
+    trained = np.bincount(positives, minlength=len(text)) > 0
+    np.testing.assert_array_equal(model.net.trained.numpy(), trained)
+
+
 def test_a_file_whose_users_are_not_together_is_refused(tmp_path):
     pl.DataFrame(
         {C.USER_ID: ["a", "b", "a"], C.ITEM_ID: ["x", "y", "x"], C.POSITIVE: [True] * 3}
@@ -119,8 +153,8 @@ def test_a_fit_read_in_small_shuffled_blocks_learns_the_task(tmp_path, rng):
     assert np.mean(top == np.array([h[-1] for h in long])) > 0.8  # the next step of the cycle
 
 
-def one_step_losses(settings, text, histories, liked):
-    """The first step's loss with a full softmax and with every trained item sampled."""
+def one_batch(settings, text, histories, liked):
+    """A model and every window as one batch: (model, x, y, valid, logit bias, trained)."""
     model = SeqRecommender(text, settings, seed=0)
     windows, ok = make_training_windows(histories, settings.max_len, liked)
     x = torch.as_tensor(windows[:, :-1])
@@ -131,7 +165,13 @@ def one_step_losses(settings, text, histories, liked):
     bias = torch.as_tensor(np.where(counts > 0, -0.5 * np.log1p(counts), -np.inf))
     bias = bias.float()
     trained = torch.as_tensor(np.flatnonzero(counts > 0))
-    model.net.train(False)  # no dropout: both losses see the same network
+    model.net.train(False)  # no dropout: every loss sees the same network
+    return model, x, y, valid, bias, trained
+
+
+def one_step_losses(settings, text, histories, liked):
+    """The first step's loss with a full softmax and with every trained item sampled."""
+    model, x, y, valid, bias, trained = one_batch(settings, text, histories, liked)
     full = model._step_loss(x, y[valid], valid, bias)
     sampled = model._step_loss(x, y[valid], valid, bias, sampler=lambda: trained)
     return float(full.detach()), float(sampled.detach())
@@ -147,6 +187,44 @@ def test_sampling_every_trained_item_is_the_full_softmax(rng, text_view_weight):
     settings = settings.model_copy(update={"in_batch_negatives": False})
     full, sampled = one_step_losses(settings, text, histories, liked)
     assert np.isfinite(full) and full == pytest.approx(sampled, rel=1e-5)
+
+
+@pytest.mark.parametrize("text_view_weight", [0.0, 0.4])
+def test_the_softmax_over_trained_columns_is_the_whole_catalogue_softmax(rng, text_view_weight):
+    histories, liked, text, _ = task(rng)
+    for hist, mask in zip(histories, liked, strict=True):
+        mask[hist % 5 == 0] = False  # every fifth item is never a target: a -inf column
+    settings = TrainSettings(
+        dim=16, layers=1, max_len=6, text_view_weight=text_view_weight, id_gate=2.0
+    )
+    model, x, y, valid, bias, trained = one_batch(settings, text, histories, liked)
+    assert len(trained) == len(text) - len(text) // 5
+    grads = []
+    for columns in (None, trained):
+        model.net.zero_grad()
+        loss = model._step_loss(x, y[valid], valid, bias, columns=columns)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.net.parameters()]))
+    (whole, whole_grads), (cut, cut_grads) = grads
+    assert np.isfinite(whole) and cut == pytest.approx(whole, rel=1e-6)
+    for a, b in zip(whole_grads, cut_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_the_text_view_loss_on_a_share_of_the_targets_estimates_the_whole(rng):
+    histories, liked, text, _ = task(rng)
+    settings = TrainSettings(dim=16, layers=1, max_len=6, text_view_weight=1.0)
+    model, x, y, valid, bias, _ = one_batch(settings, text, histories, liked)
+    whole = model._step_loss(x, y[valid], valid, bias).item()
+    assert model._text_view_rows(10) is None
+    half = settings.model_copy(update={"text_view_share": 0.5})
+    model.settings = half
+    rows = model._text_view_rows(10)
+    assert len(rows) == 5 and len(set(rows.tolist())) == 5 and int(rows.max()) < 10
+    torch.manual_seed(0)
+    draws = [model._step_loss(x, y[valid], valid, bias).item() for _ in range(200)]
+    assert len(set(draws)) > 100  # each step draws its own share
+    assert np.mean(draws) == pytest.approx(whole, rel=0.01)
 
 
 def test_softmax_auto_samples_only_above_the_catalogue_threshold(rng):

@@ -131,7 +131,7 @@ def run_draw(
     train = settings.train.model_copy(update={"epochs": epochs})
     both = settings.train.refit and settings.train.ensemble
     seeds = [seed, seed + 1] if both else [seed]
-    model, _, _ = fit_members(text_vectors, train, seeds, histories, liked)
+    model, _, _, _ = fit_members(text_vectors, train, seeds, histories, liked)
     model.freeze()
 
     # Cold items: the known users' positive events on them, from their warm events before.

@@ -225,19 +225,24 @@ def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
 
 
 def make_training_windows(
-    histories: Sequence[np.ndarray], max_len: int, liked: Sequence[np.ndarray] | None = None
+    histories: Sequence[np.ndarray],
+    max_len: int,
+    liked: Sequence[np.ndarray] | None = None,
+    newest_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut every history into windows of max_len + 1 events, from the newest backwards.
 
     Windows overlap by one event, so every event but a user's first is a target exactly once.
     Returns the windows (left-padded with -1) and, aligned with them, whether each event may
-    be a target: a positive (`liked`; every event without it).
+    be a target: a positive (`liked`; every event without it). `newest_only` keeps each
+    user's newest window alone.
     """
     rows: list[tuple[np.ndarray, np.ndarray]] = []
     for row, hist in enumerate(histories):
         hist = np.asarray(hist, dtype=np.int64)
         ok = np.ones(len(hist), dtype=bool) if liked is None else np.asarray(liked[row], bool)
-        rows.extend(cut_windows(hist, ok, max_len))
+        windows = cut_windows(hist, ok, max_len)
+        rows.extend(windows[:1] if newest_only else windows)
     return pad_windows(rows, max_len + 1)
 
 
@@ -289,8 +294,9 @@ class _MemoryWindows:
         max_len: int,
         liked: Sequence[np.ndarray] | None,
         n_items: int,
+        newest_only: bool = False,
     ) -> None:
-        windows, target_ok = make_training_windows(histories, max_len, liked)
+        windows, target_ok = make_training_windows(histories, max_len, liked, newest_only)
         self.n = len(windows)
         self.targets = int(target_ok[:, 1:].sum())
         self.inputs = torch.as_tensor(windows[:, :-1])
@@ -335,6 +341,7 @@ class FitReport:
     # agree to the last digit only at the same count (`train.threads = auto` follows the load).
     threads: int = 0
     steps: int = 0  # optimiser steps taken
+    windows: int = 0  # windows trained on, summed over epochs (an epoch's worth = every window)
 
 
 class SeqRecommender:
@@ -373,14 +380,18 @@ class SeqRecommender:
         progress: bool = False,
         liked: Sequence[np.ndarray] | None = None,
         max_steps: int | None = None,
+        newest_only: bool = False,
     ) -> FitReport:
         """Train on histories (item positions in time order).
 
         Every event is input; only the positives (`liked`, one bool per event; every event
         without it) are prediction targets. With `valid_fn` (higher is better) the weights of
         the best epoch are kept. `max_steps` ends the fit early (a benchmark's budget).
+        `newest_only` trains on each user's newest window alone (a warm continuation: see
+        `train.refit_windows`); the item counts, which items are trained and their logQ
+        correction, still come from every event.
         """
-        source = _MemoryWindows(histories, self.settings.max_len, liked, self.n_items)
+        source = _MemoryWindows(histories, self.settings.max_len, liked, self.n_items, newest_only)
         with _deterministic_kernels():
             return self._fit(source, seed, valid_fn, progress, max_steps)
 
@@ -442,6 +453,12 @@ class SeqRecommender:
         bias = -s.popularity_correction * np.log1p(counts)
         bias[unseen] = -np.inf
         logit_bias = torch.as_tensor(bias, dtype=torch.float32, device=self.device)
+        # The full softmax scores the trained items alone: an unseen item's share is
+        # exp(-inf) = 0 whatever its logit, so its column is work for nothing (held-out cold
+        # items were 11 % of MovieLens's catalogue).
+        columns = None
+        if unseen.any():
+            columns = torch.as_tensor(np.flatnonzero(~unseen), device=self.device)
         if self.config.id_gate > 0:
             # Few events, little id: rare items lean on their text, frequent ones on their id.
             scale = counts / (counts + self.config.id_gate)
@@ -455,7 +472,7 @@ class SeqRecommender:
         best_state: dict[str, torch.Tensor] | None = None
         best_score = -math.inf
         bar = tqdm(range(1, s.epochs + 1), desc="train", unit="epoch", disable=not progress)
-        steps = 0
+        steps = windows = 0
         for epoch in bar:
             self.net.train()
             total = torch.zeros((), device=self.device)
@@ -473,13 +490,14 @@ class SeqRecommender:
                 if max_steps is not None and steps >= max_steps:
                     break
                 steps += 1
+                windows += len(x)
                 # Windows are left-padded: columns that are padding in every row of the batch
                 # cost attention and feed-forward time for nothing, so they are cut.
                 first = int((x >= 0).any(0).int().argmax())
                 x, y = x[:, first:].to(self.device), y[:, first:].to(self.device)
                 valid = (y >= 0) & (x >= 0)
                 with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=bf16):
-                    loss = self._step_loss(x, y[valid], valid, logit_bias, sampler)
+                    loss = self._step_loss(x, y[valid], valid, logit_bias, sampler, columns)
                 for opt in optimisers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -528,6 +546,7 @@ class SeqRecommender:
         report.seconds = time.perf_counter() - started
         report.threads = torch.get_num_threads()
         report.steps = steps
+        report.windows = windows
         return report
 
     def _optimisers(self, sparse_ids: bool) -> list[torch.optim.Optimizer]:
@@ -574,9 +593,11 @@ class SeqRecommender:
         valid: torch.Tensor,
         logit_bias: torch.Tensor,
         sampler: Callable[[], torch.Tensor] | None = None,
+        columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The full-softmax loss of one batch: the full view and, with `text_view`, the text
-        view alone (it is all a new item has), each a product with the whole catalogue.
+        view alone (it is all a new item has), each a product with the whole catalogue, or
+        with the items at `columns` (sorted positions, every target among them) alone.
         With a `sampler`, the sampled-softmax loss instead (`_sampled_step_loss`)."""
         if sampler is not None:
             return self._sampled_step_loss(x, y, valid, logit_bias, sampler())
@@ -587,6 +608,9 @@ class SeqRecommender:
         text_part = self.net.text_matrix()
         items = self.net.item_matrix(keep, text_part)
         h = self.net.encode(x, items)[valid]
+        if columns is not None:
+            items, text_part, logit_bias = items[columns], text_part[columns], logit_bias[columns]
+            y = torch.searchsorted(columns, y)
         return self._softmax_losses(h, y, items, text_part, logit_bias)
 
     def _softmax_losses(
@@ -602,8 +626,20 @@ class SeqRecommender:
         loss = nn.functional.cross_entropy(torch.addmm(logit_bias, h, items.T), y)
         if not self.config.text_view:
             return loss
+        rows = self._text_view_rows(len(y))
+        h, y = (h, y) if rows is None else (h[rows], y[rows])
         text_loss = nn.functional.cross_entropy(torch.addmm(logit_bias, h, text_part.T), y)
         return loss + self.settings.text_view_weight * text_loss
+
+    def _text_view_rows(self, n: int) -> torch.Tensor | None:
+        """The targets the text view's loss is computed on this step: a uniform draw of
+        `train.text_view_share` of the `n` (None = all). The loss is a mean, so a uniform
+        draw keeps its expected value and the gradient's."""
+        share = self.settings.text_view_share
+        if share >= 1.0:
+            return None
+        k = max(1, round(share * n))
+        return torch.randperm(n, device=self.device)[:k]
 
     def _sampled_step_loss(
         self,
@@ -640,23 +676,27 @@ class SeqRecommender:
         local_x[seen] = inverse[:n_x]
         local_y, local_neg = inverse[n_x : n_x + n_y], inverse[n_x + n_y :]
         h = self.net.encode(local_x, item_rows)[valid]
-        hit_rows, hit_cols = torch.nonzero(negatives.unsqueeze(0) == y.unsqueeze(1), as_tuple=True)
         minus_inf = torch.tensor(-torch.inf, device=h.device)
 
-        def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        def loss_of(rows: torch.Tensor, pick: torch.Tensor | None = None) -> torch.Tensor:
             # Column 0 is the target, the rest the shared negatives with their bias added
             # inside the product; at thousands of negatives this matrix is the step's cost.
-            positive = (h * rows[local_y]).sum(-1, keepdim=True) + bias_y.unsqueeze(1)
-            negative = torch.addmm(bias_neg, h, rows[local_neg].T)
+            # `pick`: the targets this loss is computed on (None = all).
+            h_, y_, local_y_, bias_y_ = h, y, local_y, bias_y
+            if pick is not None:
+                h_, y_, local_y_, bias_y_ = h[pick], y[pick], local_y[pick], bias_y[pick]
+            positive = (h_ * rows[local_y_]).sum(-1, keepdim=True) + bias_y_.unsqueeze(1)
+            negative = torch.addmm(bias_neg, h_, rows[local_neg].T)
             # Accidental hits (a negative that is the target itself) leave the softmax: few,
             # so set one by one rather than masking the whole matrix.
-            negative.index_put_((hit_rows, hit_cols), minus_inf)
+            hits = torch.nonzero(negatives.unsqueeze(0) == y_.unsqueeze(1), as_tuple=True)
+            negative.index_put_(hits, minus_inf)
             logits = torch.cat([positive, negative], dim=1)
-            return nn.functional.cross_entropy(logits, torch.zeros_like(y))
+            return nn.functional.cross_entropy(logits, torch.zeros_like(y_))
 
         loss = loss_of(item_rows)
         if self.config.text_view:
-            loss = loss + s.text_view_weight * loss_of(text_rows)
+            loss = loss + s.text_view_weight * loss_of(text_rows, self._text_view_rows(len(y)))
         return loss
 
     @torch.no_grad()
@@ -940,6 +980,7 @@ class RecipeFit:
     evaluated: SeqRecommender | EnsembleRecommender  # what is scored on test
     report: FitReport  # of the early-stopped fit
     seconds: float  # both fits
+    windows: int  # windows both fits trained on
 
 
 def refit_settings(settings: TrainSettings, best_epoch: int) -> TrainSettings:
@@ -970,16 +1011,22 @@ def fit_recipe(
     """
     model = SeqRecommender(text_vectors, settings, seed=seed)
     report = model.fit(train, seed=seed, valid_fn=valid_fn, progress=progress, liked=train_liked)
-    seconds = report.seconds
+    seconds, windows = report.seconds, report.windows
     evaluated: SeqRecommender | EnsembleRecommender = model
     if settings.refit and valid_fn is not None:
         again = SeqRecommender(text_vectors, refit_settings(settings, report.best_epoch), seed)
+        newest = False
         if settings.refit_epochs:
             # Warm start: the early-stopped weights only have the validation events to learn.
             again.net.load_state_dict(model.net.state_dict())
-        seconds += again.fit(refit, seed=seed, progress=progress, liked=refit_liked).seconds
+            newest = settings.refit_windows == "newest"
+        refit_report = again.fit(
+            refit, seed=seed, progress=progress, liked=refit_liked, newest_only=newest
+        )
+        seconds += refit_report.seconds
+        windows += refit_report.windows
         evaluated = EnsembleRecommender([model, again]) if settings.ensemble else again
-    return RecipeFit(model, evaluated, report, seconds)
+    return RecipeFit(model, evaluated, report, seconds, windows)
 
 
 def fit_members(
@@ -990,16 +1037,18 @@ def fit_members(
     liked: Sequence[np.ndarray] | None = None,
     progress: bool = False,
     starts: Sequence[SeqRecommender] | None = None,
-) -> tuple[SeqRecommender | EnsembleRecommender, list[list[float]], float]:
+    newest_only: bool = False,
+) -> tuple[SeqRecommender | EnsembleRecommender, list[list[float]], float, int]:
     """One model per seed on the same events for `settings.epochs` (no validation left), their
     mean when more than one: the production recipe. `histories` may be a window file
     (`fit_windows`: memory bounded whatever the events). With `starts` (one trained model per
-    seed) each member continues from that model's weights instead of from scratch.
-    Returns (model, losses per member, seconds).
+    seed) each member continues from that model's weights instead of from scratch;
+    `newest_only` then trains on each user's newest window alone (a window file is cut so by
+    `write_windows`). Returns (model, losses per member, seconds, windows trained on).
     """
     if starts is not None and len(starts) != len(seeds):
         raise ValueError(f"{len(starts)} models to start from for {len(seeds)} members")
-    members, losses, seconds = [], [], 0.0
+    members, losses, seconds, windows = [], [], 0.0, 0
     for i, seed in enumerate(seeds):
         member = SeqRecommender(text_vectors, settings, seed=seed)
         if starts is not None:
@@ -1007,9 +1056,12 @@ def fit_members(
         if isinstance(histories, WindowFile):
             report = member.fit_windows(histories, seed=seed, progress=progress)
         else:
-            report = member.fit(histories, seed=seed, progress=progress, liked=liked)
+            report = member.fit(
+                histories, seed=seed, progress=progress, liked=liked, newest_only=newest_only
+            )
         members.append(member)
         losses.append(report.losses)
         seconds += report.seconds
+        windows += report.windows
     model = EnsembleRecommender(members) if len(members) > 1 else members[0]
-    return model, losses, seconds
+    return model, losses, seconds, windows

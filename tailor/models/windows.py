@@ -147,12 +147,15 @@ def write_windows(
     liked_col: str | None = C.POSITIVE,
     batch_rows: int = 1_000_000,
     progress: bool = False,
+    newest_only: bool = False,
 ) -> WindowFile:
     """Stream `events_path` (each user's events together, oldest first) into a window file.
 
     `item_ids` gives each item's position (the catalogue's order). With `liked_col` None every
-    event may be a target. Raises if a user's events are not together or an item is unknown,
-    naming the file: the windows would silently differ from the in-memory fit's otherwise.
+    event may be a target. `newest_only` writes each user's newest window alone (the counts
+    still cover every event), as `make_training_windows` does with it. Raises if a user's
+    events are not together or an item is unknown, naming the file: the windows would
+    silently differ from the in-memory fit's otherwise.
     """
     events_path, out_dir = Path(events_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +197,8 @@ def write_windows(
                         "(write the file sorted or grouped by user)"
                     )
                 done_users.add(user)
-                rows.extend(cut_windows(pos[s:e], ok[s:e], max_len))
+                windows = cut_windows(pos[s:e], ok[s:e], max_len)
+                rows.extend(windows[:1] if newest_only else windows)
             if not rows:
                 return 0
             block, flags = pad_windows(rows, width)

@@ -41,12 +41,14 @@ class Trained:
     threads: int  # torch threads the fit ran on (`train.threads = auto`: the idle cores)
     best_epoch: int
     seconds: float
+    windows: int = 0  # windows both fits trained on, summed over epochs
 
     def record(self) -> Record:
         return Record(
             metrics={
                 "best_epoch": self.best_epoch,
                 "fit_seconds": self.seconds,
+                "fit_windows": self.windows,
                 "train_threads": self.threads,
             },
             series={
@@ -88,6 +90,7 @@ def train_recommender(
         threads=fitted.report.threads,
         best_epoch=fitted.report.best_epoch,
         seconds=fitted.seconds,
+        windows=fitted.windows,
     )
 
 
@@ -107,6 +110,7 @@ class ProductionFit:
     data_fingerprint: str
     data_start: str
     data_end: str
+    windows: int = 0  # windows the members trained on, summed over epochs
 
     def record(self) -> Record:
         """A child run `production-fit` of the training run."""
@@ -121,6 +125,7 @@ class ProductionFit:
             },
             metrics={
                 "fit_seconds": self.seconds,
+                "fit_windows": self.windows,
                 "n_users": self.n_users,
                 "n_events": self.n_events,
                 "n_positives": self.n_positives,
@@ -157,11 +162,16 @@ def train_production(
     the production model is too; with no validation split left, the members differ by seed.
     """
     text_vectors = np.load(vectors_path)
+    warm = bool(settings.train.refit_epochs and settings.train.refit)
+    # A warm continuation learns what was added: each user's newest window holds it.
+    newest = warm and settings.train.refit_windows == "newest"
     if prepared.all_events is not None:
         # Prepared in user partitions: the windows stream from disk, never all in memory.
         item_ids = pl.read_parquet(prepared.items, columns=[C.ITEM_ID])[C.ITEM_ID].to_list()
         scratch = Path(out_dir) / "windows"  # training input only: removed after the fit
-        data = write_windows(prepared.all_events, item_ids, settings.train.max_len, scratch)
+        data = write_windows(
+            prepared.all_events, item_ids, settings.train.max_len, scratch, newest_only=newest
+        )
         liked = None
         # write_windows counted as it streamed: every event, user and liked event per item.
         trained_on = data.counts[data.counts > 0]
@@ -176,7 +186,6 @@ def train_production(
     ensemble = evaluated_two and trained.model_dir != trained.valid_model_dir
     seeds = [settings.seed, settings.seed + 1] if ensemble else [settings.seed]
     starts = None
-    warm = bool(settings.train.refit_epochs and settings.train.refit)
     if warm:
         # Warm refits: the evaluated model's members continue on every event, as the
         # evaluation refit continued the early-stopped model on train + validation.
@@ -185,7 +194,9 @@ def train_production(
     cold = settings.train.model_copy(update={"refit_epochs": None})
     s = refit_settings(settings.train if warm else cold, trained.best_epoch)
     try:
-        model, losses, seconds = fit_members(text_vectors, s, seeds, data, liked, progress, starts)
+        model, losses, seconds, windows = fit_members(
+            text_vectors, s, seeds, data, liked, progress, starts, newest
+        )
     finally:
         if prepared.all_events is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -205,6 +216,7 @@ def train_production(
         data_fingerprint=prepared.fingerprint,
         data_start=prepared.data_start,
         data_end=prepared.data_end,
+        windows=windows,
     )
 
 
