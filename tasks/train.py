@@ -55,9 +55,11 @@ def train_production_beside(
 
 def _log_production(result: ProductionFit, where: str) -> None:
     get_run_logger().info(
-        "production fit: %d member(s) x %d epochs on %d events of %d users in %.1f s%s",
+        "production fit: %d member(s) x %d epochs (%d windows in all) on %d events of %d users "
+        "in %.1f s%s",
         len(result.seeds),
         result.epochs,
+        result.windows,
         result.n_events,
         result.n_users,
         result.seconds,

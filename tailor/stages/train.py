@@ -156,7 +156,9 @@ def train_production(
 ) -> ProductionFit:
     """The evaluation fit's recipe on every event: each user's latest events and the items
     held out for the cold-item measurement included, for the epochs early stopping chose;
-    with warm refits (`train.refit_epochs`), the evaluated members continue for that many.
+    with warm refits (`train.refit_epochs`), the evaluated members continue for that many,
+    on each user's newest window (`train.refit_windows = "newest"`: it holds what they have
+    not seen) or on every window.
 
     With `train.ensemble` (and a refit) the evaluated model was the mean of two members, so
     the production model is too; with no validation split left, the members differ by seed.
@@ -187,8 +189,8 @@ def train_production(
     seeds = [settings.seed, settings.seed + 1] if ensemble else [settings.seed]
     starts = None
     if warm:
-        # Warm refits: the evaluated model's members continue on every event, as the
-        # evaluation refit continued the early-stopped model on train + validation.
+        # Warm refits: the evaluated model's members continue on the data with every event,
+        # as the evaluation refit continued the early-stopped model on train + validation.
         evaluated = load_recommender(trained.model_dir, text_vectors, settings.train.device)
         starts = getattr(evaluated, "members", [evaluated])
     cold = settings.train.model_copy(update={"refit_epochs": None})
