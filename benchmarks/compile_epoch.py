@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+from _workdir import load_workdir
 
 
 def main() -> int:
@@ -29,15 +30,8 @@ def main() -> int:
     import torch
 
     from tailor.models.sequential import SeqRecommender
-    from tailor.settings import load_settings
-    from tailor.stages.data import load_histories, prepare_data
-    from tailor.stages.embed import embed_items
 
-    settings = load_settings(preset=args.preset, workdir=Path(args.workdir))
-    out = settings.workdir.resolve() / "compile_epoch"
-    prepared = prepare_data(settings, out / "data")
-    vectors = np.load(embed_items(prepared.items, settings, progress=False).vectors)
-    hist = load_histories(prepared)
+    settings, vectors, hist = load_workdir(args.workdir, args.preset, "compile_epoch")
     update = {"epochs": args.epochs, "patience": None, "valid_every": 1}
     train = settings.train.model_copy(update=update)
     rows = []

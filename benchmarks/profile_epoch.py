@@ -17,9 +17,8 @@ import argparse
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-import numpy as np
+from _workdir import load_workdir
 
 
 def main() -> int:
@@ -34,15 +33,8 @@ def main() -> int:
 
     from tailor.evaluation.compare import Exam
     from tailor.models.sequential import SeqRecommender
-    from tailor.settings import load_settings
-    from tailor.stages.data import load_histories, prepare_data
-    from tailor.stages.embed import embed_items
 
-    settings = load_settings(preset=args.preset, workdir=Path(args.workdir))
-    out = settings.workdir.resolve() / "profile"
-    prepared = prepare_data(settings, out / "data")
-    vectors = np.load(embed_items(prepared.items, settings, progress=False).vectors)
-    hist = load_histories(prepared)
+    settings, vectors, hist = load_workdir(args.workdir, args.preset, "profile")
     exam = Exam(hist, settings.eval)
     train = settings.train.model_copy(update={"epochs": args.epochs, "patience": None})
     model = SeqRecommender(vectors, train, seed=settings.seed)

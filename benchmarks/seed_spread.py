@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
+from _workdir import load_workdir
 
 METRICS = ("ndcg_at_10", "recall_at_20", "tail_recall_at_20", "coverage_at_20")
 
@@ -33,15 +33,9 @@ def main() -> int:
 
     from tailor.evaluation.compare import Exam
     from tailor.ranking.rank import rank_dense
-    from tailor.settings import load_settings
-    from tailor.stages.data import load_histories, prepare_data
-    from tailor.stages.embed import embed_items
 
-    settings = load_settings(preset=args.preset, workdir=Path(args.workdir))
-    out = settings.workdir.resolve() / "seed_spread"
-    prepared = prepare_data(settings, out / "data")
-    vectors = np.load(embed_items(prepared.items, settings, progress=False).vectors)
-    exam = Exam(load_histories(prepared), settings.eval)
+    settings, vectors, hist = load_workdir(args.workdir, args.preset, "seed_spread")
+    exam = Exam(hist, settings.eval)
     train = settings.train
     if args.threads:
         train = train.model_copy(update={"threads": args.threads})

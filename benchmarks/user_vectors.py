@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
+
+from _workdir import load_workdir
 
 
 def main() -> int:
@@ -30,15 +31,8 @@ def main() -> int:
 
     from tailor.evaluation.compare import Exam
     from tailor.models.sequential import SeqRecommender
-    from tailor.settings import load_settings
-    from tailor.stages.data import load_histories, prepare_data
-    from tailor.stages.embed import embed_items
 
-    settings = load_settings(preset=args.preset, workdir=Path(args.workdir))
-    out = settings.workdir.resolve() / "user_vectors"
-    prepared = prepare_data(settings, out / "data")
-    vectors = np.load(embed_items(prepared.items, settings, progress=False).vectors)
-    hist = load_histories(prepared)
+    settings, vectors, hist = load_workdir(args.workdir, args.preset, "user_vectors")
     exam = Exam(hist, settings.eval)
     train = settings.train.model_copy(update={"epochs": 1, "threads": 1, "patience": None})
     model = SeqRecommender(vectors, train, seed=settings.seed)
