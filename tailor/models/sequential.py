@@ -241,8 +241,7 @@ def make_training_windows(
     for row, hist in enumerate(histories):
         hist = np.asarray(hist, dtype=np.int64)
         ok = np.ones(len(hist), dtype=bool) if liked is None else np.asarray(liked[row], bool)
-        windows = cut_windows(hist, ok, max_len)
-        rows.extend(windows[:1] if newest_only else windows)
+        rows.extend(cut_windows(hist, ok, max_len, newest_only))
     return pad_windows(rows, max_len + 1)
 
 
@@ -678,18 +677,23 @@ class SeqRecommender:
         h = self.net.encode(local_x, item_rows)[valid]
         minus_inf = torch.tensor(-torch.inf, device=h.device)
 
+        def hits_of(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.nonzero(negatives.unsqueeze(0) == targets.unsqueeze(1), as_tuple=True)
+
+        every_hit = hits_of(y)
+
         def loss_of(rows: torch.Tensor, pick: torch.Tensor | None = None) -> torch.Tensor:
             # Column 0 is the target, the rest the shared negatives with their bias added
             # inside the product; at thousands of negatives this matrix is the step's cost.
             # `pick`: the targets this loss is computed on (None = all).
-            h_, y_, local_y_, bias_y_ = h, y, local_y, bias_y
+            h_, y_, local_y_, bias_y_, hits = h, y, local_y, bias_y, every_hit
             if pick is not None:
                 h_, y_, local_y_, bias_y_ = h[pick], y[pick], local_y[pick], bias_y[pick]
+                hits = hits_of(y_)
             positive = (h_ * rows[local_y_]).sum(-1, keepdim=True) + bias_y_.unsqueeze(1)
             negative = torch.addmm(bias_neg, h_, rows[local_neg].T)
             # Accidental hits (a negative that is the target itself) leave the softmax: few,
             # so set one by one rather than masking the whole matrix.
-            hits = torch.nonzero(negatives.unsqueeze(0) == y_.unsqueeze(1), as_tuple=True)
             negative.index_put_(hits, minus_inf)
             logits = torch.cat([positive, negative], dim=1)
             return nn.functional.cross_entropy(logits, torch.zeros_like(y_))

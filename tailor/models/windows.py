@@ -107,18 +107,18 @@ class WindowFile:
 
 
 def cut_windows(
-    hist: np.ndarray, ok: np.ndarray, max_len: int
+    hist: np.ndarray, ok: np.ndarray, max_len: int, newest_only: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One history's windows of max_len + 1 events, newest first, overlapping by one event:
     every event but the first is a target exactly once (what `make_training_windows` and
-    `write_windows` both cut)."""
+    `write_windows` both cut). `newest_only` stops after the newest window."""
     out = []
     end = len(hist)
     while end >= 2:
         start = max(0, end - (max_len + 1))
         out.append((hist[start:end], ok[start:end]))
         end = start + 1
-        if start == 0:
+        if start == 0 or newest_only:
             break
     return out
 
@@ -197,8 +197,7 @@ def write_windows(
                         "(write the file sorted or grouped by user)"
                     )
                 done_users.add(user)
-                windows = cut_windows(pos[s:e], ok[s:e], max_len)
-                rows.extend(windows[:1] if newest_only else windows)
+                rows.extend(cut_windows(pos[s:e], ok[s:e], max_len, newest_only))
             if not rows:
                 return 0
             block, flags = pad_windows(rows, width)
