@@ -390,6 +390,13 @@ class TrainSettings(_Section):
         description="auto = bf16 autocast on a CUDA device with native bf16, fp32 on CPUs "
         "(measured slower under autocast even with AMX at this model's width); bf16 forces it.",
     )
+    catalogue_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Precision of the full softmax's three products with the catalogue (the "
+        "logits and both gradients, most of a step); its softmax and loss stay fp32. auto = "
+        "bf16 where the device computes it natively (a CUDA device with bf16, a CPU with "
+        "AVX512-BF16 or AMX), fp32 elsewhere, where bf16 would be emulated.",
+    )
     threads: PositiveInt | Literal["auto"] | None = Field(
         "auto",
         description="torch CPU threads: auto = the cores idle when the fit starts (more "
@@ -868,6 +875,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "keep": "best",
             "threads": None,
             "precision": "fp32",
+            "catalogue_precision": "fp32",
             "text_view_weight": 0.3,
         }
     },

@@ -220,3 +220,20 @@ def test_user_vector_benchmark_times_both_ways_to_the_same_vectors(tmp_path):
     assert rows["full pass"][3] == "1.00x"
     gap = float(done.stdout.rsplit("vectors: ", 1)[1].split()[0])
     assert gap < 1e-4  # the same vectors, to floating-point rounding
+
+
+def test_catalogue_softmax_benchmark_times_three_ways_to_the_same_gradients():
+    done = run_benchmark(
+        "catalogue_softmax.py", "--items", "300,2000", "--rows", "100", "--steps", "2"
+    )
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 300 |", "| 2,000 |"))]
+    assert len(rows) == 6
+    for line in rows:
+        _, way, ms, ratio, peak, difference = (c.strip() for c in line.strip("|").split("|"))
+        assert float(ms) > 0 and float(peak) >= 0
+        if way == "cross_entropy(addmm)":
+            assert ratio == "1.00x" and float(difference) == 0
+        elif way == "blocks fp32":
+            assert float(difference) < 1e-5  # the same gradients, summed in blocks
+        else:
+            assert way == "blocks bf16" and 0 < float(difference) < 2e-2  # bf16's 8 bits

@@ -181,8 +181,14 @@ def one_step_losses(settings, text, histories, liked):
 def test_sampling_every_trained_item_is_the_full_softmax(rng, text_view_weight):
     histories, liked, text, _ = task(rng)
     liked[0][:] = False  # some items are never positive: -inf in both losses
+    # fp32 products: the two losses are the same sums, to float precision.
     settings = TrainSettings(
-        dim=16, layers=1, max_len=6, text_view_weight=text_view_weight, id_gate=2.0
+        dim=16,
+        layers=1,
+        max_len=6,
+        text_view_weight=text_view_weight,
+        id_gate=2.0,
+        catalogue_precision="fp32",
     )
     settings = settings.model_copy(update={"in_batch_negatives": False})
     full, sampled = one_step_losses(settings, text, histories, liked)
@@ -194,8 +200,14 @@ def test_the_softmax_over_trained_columns_is_the_whole_catalogue_softmax(rng, te
     histories, liked, text, _ = task(rng)
     for hist, mask in zip(histories, liked, strict=True):
         mask[hist % 5 == 0] = False  # every fifth item is never a target: a -inf column
+    # fp32 products: the two losses are the same sums, to float precision.
     settings = TrainSettings(
-        dim=16, layers=1, max_len=6, text_view_weight=text_view_weight, id_gate=2.0
+        dim=16,
+        layers=1,
+        max_len=6,
+        text_view_weight=text_view_weight,
+        id_gate=2.0,
+        catalogue_precision="fp32",
     )
     model, x, y, valid, bias, trained = one_batch(settings, text, histories, liked)
     assert len(trained) == len(text) - len(text) // 5

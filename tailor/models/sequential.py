@@ -28,7 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tailor.models.encoder import pick_device
-from tailor.models.hardware import autocast_bf16, free_cores
+from tailor.models.hardware import autocast_bf16, free_cores, native_bf16
+from tailor.models.softmax import catalogue_cross_entropy
 from tailor.models.windows import WindowFile, cut_windows, pad_windows
 from tailor.settings import TrainSettings
 
@@ -362,6 +363,10 @@ class SeqRecommender:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = SeqRecNet(self.config, self.text_vectors).to(self.device)
+        precision = self.settings.catalogue_precision
+        self._catalogue_bf16 = precision == "bf16" or (
+            precision == "auto" and native_bf16(self.device)
+        )
         # (text view, item matrix) cached for serving by `freeze`; None while weights may move.
         self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
         # Rows of the frozen matrices for trained items (the text view's normalisers).
@@ -620,14 +625,16 @@ class SeqRecommender:
         text_part: torch.Tensor,
         logit_bias: torch.Tensor,
     ) -> torch.Tensor:
-        # Each view its own product with the bias added inside it (addmm). One product over
-        # both views, sliced or viewed in halves, took 2.6-2.8 s an epoch here against 2.1 s.
-        loss = nn.functional.cross_entropy(torch.addmm(logit_bias, h, items.T), y)
+        # Each view its own product with the bias added inside it. One product over both
+        # views, sliced or viewed in halves, took 2.6-2.8 s an epoch here against 2.1 s.
+        # Under bf16 autocast (`train.precision`) the products are bf16 whatever this says.
+        low = self._catalogue_bf16 or torch.is_autocast_enabled(h.device.type)
+        loss = catalogue_cross_entropy(h, items, logit_bias, y, low)
         if not self.config.text_view:
             return loss
         rows = self._text_view_rows(len(y))
         h, y = (h, y) if rows is None else (h[rows], y[rows])
-        text_loss = nn.functional.cross_entropy(torch.addmm(logit_bias, h, text_part.T), y)
+        text_loss = catalogue_cross_entropy(h, text_part, logit_bias, y, low)
         return loss + self.settings.text_view_weight * text_loss
 
     def _text_view_rows(self, n: int) -> torch.Tensor | None:
