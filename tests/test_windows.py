@@ -177,12 +177,10 @@ def one_step_losses(settings, text, histories, liked):
     return float(full.detach()), float(sampled.detach())
 
 
-@pytest.mark.parametrize("text_view_weight", [0.0, 0.4])
-def test_sampling_every_trained_item_is_the_full_softmax(rng, text_view_weight):
-    histories, liked, text, _ = task(rng)
-    liked[0][:] = False  # some items are never positive: -inf in both losses
-    # fp32 products: the two losses are the same sums, to float precision.
-    settings = TrainSettings(
+def exact_settings(text_view_weight: float) -> TrainSettings:
+    """A small model whose full softmax runs in fp32: two ways to the same sums agree to
+    float precision (bf16 products would round each way differently)."""
+    return TrainSettings(
         dim=16,
         layers=1,
         max_len=6,
@@ -190,6 +188,13 @@ def test_sampling_every_trained_item_is_the_full_softmax(rng, text_view_weight):
         id_gate=2.0,
         catalogue_precision="fp32",
     )
+
+
+@pytest.mark.parametrize("text_view_weight", [0.0, 0.4])
+def test_sampling_every_trained_item_is_the_full_softmax(rng, text_view_weight):
+    histories, liked, text, _ = task(rng)
+    liked[0][:] = False  # some items are never positive: -inf in both losses
+    settings = exact_settings(text_view_weight)
     settings = settings.model_copy(update={"in_batch_negatives": False})
     full, sampled = one_step_losses(settings, text, histories, liked)
     assert np.isfinite(full) and full == pytest.approx(sampled, rel=1e-5)
@@ -200,15 +205,7 @@ def test_the_softmax_over_trained_columns_is_the_whole_catalogue_softmax(rng, te
     histories, liked, text, _ = task(rng)
     for hist, mask in zip(histories, liked, strict=True):
         mask[hist % 5 == 0] = False  # every fifth item is never a target: a -inf column
-    # fp32 products: the two losses are the same sums, to float precision.
-    settings = TrainSettings(
-        dim=16,
-        layers=1,
-        max_len=6,
-        text_view_weight=text_view_weight,
-        id_gate=2.0,
-        catalogue_precision="fp32",
-    )
+    settings = exact_settings(text_view_weight)
     model, x, y, valid, bias, trained = one_batch(settings, text, histories, liked)
     assert len(trained) == len(text) - len(text) // 5
     grads = []

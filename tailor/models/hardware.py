@@ -79,6 +79,8 @@ def autocast_bf16(device: str) -> bool:
     Never on a CPU, native bf16 included: on a 2-core Sapphire Rapids (AMX-BF16) an epoch of
     MovieLens-100K took 1.3x longer under autocast and peaked at 3x the memory, because at this
     model's width casting activations and the catalogue's logits costs more than the faster
-    matrix products save (casting only the logits' product was slower still).
+    matrix products save (casting only the logits' product was slower still). The catalogue's
+    products alone, in blocks of one shape (`train.catalogue_precision`), do pay on a CPU with
+    native bf16: see `tailor.models.softmax`.
     """
     return device.startswith("cuda") and native_bf16(device)
