@@ -294,7 +294,12 @@ class TrainSettings(_Section):
     )
     epochs: int = Field(12, ge=1, description="Most passes over the training sequences.")
     patience: int | None = Field(
-        None, ge=1, description="Stop after this many epochs without a better validation score."
+        3,
+        ge=1,
+        description="Stop after this many validated epochs without a score near the best "
+        "(`keep_tolerance`); None = run every epoch. On thin data the fit overfits within a few "
+        "epochs (MovieLens-100K at 10 % of its events: validation NDCG@10 peaked at epoch 4 "
+        "and fell by 40 % by epoch 12).",
     )
     batch_size: int = Field(32, ge=1, description="Sequences per step.")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW (peak) learning rate.")
@@ -373,13 +378,22 @@ class TrainSettings(_Section):
         0.1, ge=0.0, lt=1.0, description="Share of the steps the one-cycle schedule warms up in."
     )
     keep: Literal["best", "last"] = Field(
-        "last",
-        description="The weights a fit with validation ends with: last = the end of the "
-        "schedule (one-cycle is built to end at its best; validation then reports and can stop "
-        "early with `patience`), best = the best validated epoch's.",
+        "best",
+        description="The weights a fit with validation ends with: best = the validated epoch "
+        "`keep_tolerance` picks (the budget adapts to the data: thin data overfits in a few "
+        "epochs, every event wants the whole schedule); last = the end of the schedule.",
+    )
+    keep_tolerance: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="With keep = best: the latest validated epoch scoring within this share of "
+        "the best score is kept (0 = the best epoch itself), and patience counts from it. "
+        "Validation cannot tell such epochs apart, and later epochs of a one-cycle fit have "
+        "learned more of the tail and of new items.",
     )
     valid_every: int = Field(
-        3,
+        1,
         ge=1,
         description="Run the validation pass every this many epochs (and after the last); "
         "early stopping and the kept best epoch only see those epochs. With keep = last and "
@@ -873,6 +887,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "refit_epochs": None,
             "refit_learning_rate": None,
             "keep": "best",
+            "keep_tolerance": 0.0,
             "threads": None,
             "precision": "fp32",
             "catalogue_precision": "fp32",

@@ -237,3 +237,22 @@ def test_catalogue_softmax_benchmark_times_three_ways_to_the_same_gradients():
             assert float(difference) < 1e-5  # the same gradients, summed in blocks
         else:
             assert way == "blocks bf16" and 0 < float(difference) < 2e-2  # bf16's 8 bits
+
+
+def test_sparse_benchmark_compares_every_level_against_sasrec(tmp_path):
+    out = tmp_path / "out"
+    done = run_benchmark(
+        "sparse.py",
+        *("--preset", "tiny", "--workdir", str(tmp_path), "--out", str(out)),
+        *("--seeds", "1", "--shares", "0.5,1", "--item-cap", "3", "--draws", "2", "--jobs", "1"),
+    )
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 50% of events |")]
+    assert {row.split("|")[2].strip() for row in rows} >= {"tailor", "SASRec-CE", "EASE"}
+    assert any(line.startswith("| items <= 3 (") for line in done.stdout.splitlines())
+    assert "## Ablation" in done.stdout and "| 100% of events | text only |" in done.stdout
+    assert "cold-item recall@20, pooled (2 draws)" in done.stdout
+    cells = json.loads((out / "sparse.json").read_text())["cells"]
+    half = next(c for c in cells if c["level"] == 0.5)
+    assert half["events"] < half["all_events"]  # the level really trained on fewer events
+    assert half["vs_reference"]["sasrec"]["ndcg_at_10"][0] == 0.0  # against itself
+    assert (out / "sparse.png").stat().st_size > 10_000

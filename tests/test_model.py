@@ -128,6 +128,30 @@ def test_best_validation_epoch_is_kept(rng):
     assert report.best_epoch == 2 and report.valid_scores == [0.1, 0.9, 0.2]
 
 
+def test_the_latest_epoch_near_the_best_is_kept_and_patience_counts_from_it(rng):
+    histories, text = cyclic_task(rng, n_users=20)
+    scores = iter([0.50, 1.00, 0.97, 0.90, 0.96, 0.80, 0.70, 0.60, 0.5])
+    settings = TrainSettings(
+        epochs=9,
+        dim=16,
+        layers=1,
+        max_len=6,
+        keep="best",
+        valid_every=1,
+        patience=3,
+        keep_tolerance=0.05,
+    )
+    model = SeqRecommender(text, settings)
+    report = model.fit(histories, seed=0, valid_fn=lambda m: next(scores))
+    # 0.97 and 0.96 are within 5 % of the best (1.0), 0.90 is not: epoch 5 is kept, and three
+    # epochs below the band after it end the fit.
+    assert report.best_epoch == 5 and len(report.losses) == 8
+    strict = SeqRecommender(text, settings.model_copy(update={"keep_tolerance": 0.0}))
+    scores = iter([0.50, 1.00, 0.97, 0.90, 0.96, 0.80, 0.70, 0.60, 0.5])
+    report = strict.fit(histories, seed=0, valid_fn=lambda m: next(scores))
+    assert report.best_epoch == 2 and len(report.losses) == 5
+
+
 def test_save_load_round_trip(tmp_path, rng):
     histories, text = cyclic_task(rng, n_users=10)
     model = SeqRecommender(text, TrainSettings(epochs=1, dim=16, layers=1, max_len=6))

@@ -74,7 +74,7 @@ def test_validation_runs_every_few_epochs_and_after_the_last(rng):
 
 def test_the_last_epoch_is_kept_unless_the_best_is_asked_for(rng):
     histories, text = _task(rng)
-    settings = TrainSettings(epochs=3, dim=8, layers=1, max_len=6, valid_every=1)
+    settings = TrainSettings(epochs=3, dim=8, layers=1, max_len=6, valid_every=1, keep="last")
     scores = iter([0.1, 0.9, 0.2])
     last = SeqRecommender(text, settings, seed=0)
     report = last.fit(histories, seed=0, valid_fn=lambda m: next(scores))

@@ -520,8 +520,10 @@ class SeqRecommender:
                 report.valid_scores.append(score)
                 report.valid_epochs.append(epoch)
                 postfix["valid"] = f"{score:.4f}"
-                if score > best_score:
-                    best_score = score
+                best_score = max(best_score, score)
+                # The latest epoch within the tolerance of the best is kept: validation cannot
+                # tell such epochs apart, and a later one has learned more of the tail.
+                if score >= best_score - s.keep_tolerance * abs(best_score):
                     report.best_epoch = epoch
                     if s.keep == "best":
                         best_state = {
@@ -537,7 +539,7 @@ class SeqRecommender:
                 and validate
                 and epoch - report.best_epoch >= s.patience
             ):
-                log.info("no better validation score for %d epochs: stopping", s.patience)
+                log.info("no validation score near the best for %d epochs: stopping", s.patience)
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
