@@ -351,7 +351,8 @@ def plot(levels: dict[str, dict], path: Path) -> Path:
                     for lv in user_levels
                 ],
             ]
-            err = [np.subtract(y, spread[0]), np.subtract(spread[1], y)]
+            # The mean of equal values can land a rounding error outside their range.
+            err = np.clip([np.subtract(y, spread[0]), np.subtract(spread[1], y)], 0, None)
             ax.errorbar(x, y, yerr=err, marker="o", color=color, capsize=3, label=LABELS[model])
             for lv in item_levels:
                 ax.plot(
@@ -362,10 +363,20 @@ def plot(levels: dict[str, dict], path: Path) -> Path:
                     color=color,
                     linestyle="none",
                 )
+        if all("ids + text" in lv["cells"][0].get("ablation", {}) for lv in user_levels):
+            # The ablation's row without the text view's loss: what that loss costs.
+            y = [
+                np.mean(
+                    [c["ablation"]["ids + text"]["metrics"][f"test_{key}"] for c in lv["cells"]]
+                )
+                for lv in user_levels
+            ]
+            x = [100 * lv["share"] for lv in user_levels]
+            ax.plot(x, y, linestyle="--", color="C0", alpha=0.6, label="tailor without text view")
         ax.set_xscale("log")
         ax.set_xticks([10, 20, 50, 100], ["10", "20", "50", "100"])
         ax.set_xlabel("% of training events kept (squares: items capped)")
-        ax.set_title(TITLES[key] + " (mean over seeds, bars: min-max)")
+        ax.set_title(f"{TITLES[key]}: mean, bars min-max over seeds")
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=8)
@@ -439,8 +450,8 @@ def main() -> int:
     print("| --- | --- | --- | --- |")
     for target, required, measured, met in targets(summary, cold):
         print(f"| {target} | {required} | {measured} | {'met' if met else '**not met**'} |")
-    figure = plot(summary, out / "sparse.png")
     (out / "sparse.json").write_text(json.dumps({"cells": ordered, "cold": cold}, default=float))
+    figure = plot(summary, out / "sparse.png")
     print(f"\nplot: {figure}; {time.perf_counter() - started:.0f} s in all", file=sys.stderr)
     return 0
 
