@@ -296,7 +296,7 @@ class TrainSettings(_Section):
     patience: int | None = Field(
         3,
         ge=1,
-        description="Stop after this many validated epochs without a score near the best "
+        description="Stop after this many epochs since the last one scoring near the best "
         "(`keep_tolerance`); None = run every epoch. On thin data the fit overfits within a few "
         "epochs (MovieLens-100K at 10 % of its events: validation NDCG@10 peaked at epoch 4 "
         "and fell by 40 % by epoch 12).",
