@@ -150,13 +150,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     s = settings.serve
+    try:
+        app = create_app(settings)  # refuses open reads beyond loopback before anything listens
+    except ValueError as e:
+        print(f"tailor serve: {e}", file=sys.stderr)
+        return 2
     print(f"tailor serve: http://{s.host}:{s.port}  (docs at /docs, readiness at /ready)")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=s.host,
         port=s.port,
         log_level="warning",
         access_log=False,
+        # Beyond this many connections and requests at once, 503 at once rather than a queue
+        # that grows until memory runs out.
+        limit_concurrency=s.max_concurrency,
+        timeout_keep_alive=5,
     )
     return 0
 

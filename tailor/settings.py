@@ -19,8 +19,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     PositiveInt,
     SecretStr,
+    SerializationInfo,
     model_validator,
 )
 from pydantic_settings import (
@@ -35,6 +37,36 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # MovieLens ratings run 1-5. From 3, 1- and 2-star ratings (17 % of them) are history, not
 # targets or "liked"; README's Measured section shows the quality table at 0, 3 and 4.
 MOVIELENS_POSITIVE = 3.0
+
+
+def _mask_unless_revealed(value: str | None, info: SerializationInfo) -> str | None:
+    # JSON is what leaves the process (Prefect's stored flow parameters, MLflow, bundles):
+    # a password in a connection URL is masked there unless the caller asks for it.
+    if value is None or (info.context or {}).get(REVEAL_URLS):
+        return value
+    return mask_url(value)
+
+
+REVEAL_URLS = "reveal_urls"
+# A connection URL that may carry a password: kept in Python, masked in any JSON dump (Prefect
+# stores a flow's parameters as JSON) unless dumped with context={REVEAL_URLS: True}.
+SecretUrl = Annotated[
+    str, PlainSerializer(_mask_unless_revealed, when_used="json", return_type=str)
+]
+
+
+def _check_key_lengths(keys: list[SecretStr], name: str) -> list[SecretStr]:
+    short = sum(len(k.get_secret_value()) < MIN_KEY_CHARS for k in keys)
+    if short:
+        raise ValueError(
+            f"{short} of serve.{name} is shorter than {MIN_KEY_CHARS} characters: API keys are "
+            "guessable at that length (make one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+    return keys
+
+
+MIN_KEY_CHARS = 16
 
 
 class _Section(BaseModel):
@@ -567,8 +599,10 @@ class RefreshSettings(_Section):
     """The nightly refresh of per-user recommendations."""
 
     k: int = Field(20, ge=1, le=1000, description="Recommendations stored per user.")
-    store_url: str | None = Field(
-        None, description="SQLAlchemy URL; None = SQLite file in the workdir."
+    store_url: SecretUrl | None = Field(
+        None,
+        description="SQLAlchemy URL; None = SQLite file in the workdir. A password in it is "
+        "masked wherever settings leave the process (flow parameters, MLflow, logs).",
     )
     batch_users: int = Field(1024, ge=1, description="Users scored per faiss search call.")
     block_users: int = Field(
@@ -601,8 +635,10 @@ class RunnerSettings(_Section):
 class TrackingSettings(_Section):
     """Where MLflow records runs and models."""
 
-    tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; None = SQLite file in the workdir."
+    tracking_uri: SecretUrl | None = Field(
+        None,
+        description="MLflow tracking URI; None = SQLite file in the workdir (a password in it "
+        "is masked wherever settings leave the process).",
     )
     artifact_root: str | None = Field(
         None,
@@ -621,9 +657,19 @@ class TrackingSettings(_Section):
     )
     pseudonym_key: SecretStr | None = Field(
         None,
-        description="Key of the pseudonymising hash; None = a random key made once per workdir "
-        "(cache/pseudonym.key, readable only by its owner). Never logged.",
+        description="Key of the pseudonymising hash (at least 16 characters); None = a random "
+        "key made once per workdir (cache/pseudonym.key, readable only by its owner). Never "
+        "logged.",
     )
+
+    @model_validator(mode="after")
+    def _key_is_long_enough(self) -> TrackingSettings:
+        if self.pseudonym_key is not None and len(self.pseudonym_key.get_secret_value()) < 16:
+            raise ValueError(
+                "tracking.pseudonym_key is shorter than 16 characters: a short key lets anyone "
+                "with a list of likely ids reverse the pseudonyms"
+            )
+        return self
 
 
 class ServeSettings(_Section):
@@ -639,10 +685,11 @@ class ServeSettings(_Section):
     poll_seconds: float = Field(
         30.0, ge=0.0, description="How often to check whether the alias moved; 0 = never."
     )
-    live_url: str | None = Field(
+    live_url: SecretUrl | None = Field(
         None,
         description="SQLAlchemy URL of the live log (inserted items, feedback events) that "
-        "the next nightly run reads; None = SQLite file in the workdir.",
+        "the next nightly run reads; None = SQLite file in the workdir (a password in it is "
+        "masked wherever settings leave the process).",
     )
     query_weight: float = Field(
         10.0,
@@ -736,8 +783,39 @@ class ServeSettings(_Section):
     )
     read_keys: list[SecretStr] = Field(
         [],
-        description="API keys required on reads (recommendations, items); none = reads are "
-        "open. A write key reads too.",
+        description="API keys required on reads (recommendations, items, metrics); a write "
+        "key reads too. None set: reads are open on loopback only; a service listening "
+        "beyond it refuses to start unless `open_reads` says so.",
+    )
+    open_reads: bool = Field(
+        False,
+        description="Answer reads without a key on a non-loopback `host` (a deliberate choice, "
+        "for a service behind a gateway that checks callers itself; the start-up log says so).",
+    )
+    max_history_events: int = Field(
+        200,
+        ge=1,
+        description="Newest events per user held in memory: the model reads the newest "
+        "train.max_len, the rest keep items already seen out of live lists. Older events stay "
+        "in the data and the live log, which the nightly run reads whole.",
+    )
+    store_timeout_seconds: float = Field(
+        2.0,
+        gt=0.0,
+        description="Longest a stored-list read may wait for the database (a lock, a slow "
+        "server) before it is answered 503 with Retry-After; the event loop never waits.",
+    )
+    max_concurrency: int = Field(
+        512,
+        ge=1,
+        description="Connections and requests uvicorn serves at once; beyond it, 503 at once "
+        "instead of an unbounded queue.",
+    )
+    body_timeout_seconds: float = Field(
+        10.0,
+        gt=0.0,
+        description="Longest a client may take to send a request body (408 after it): a slow "
+        "sender cannot hold a connection open.",
     )
     event_future_seconds: float = Field(
         300.0,
@@ -748,6 +826,17 @@ class ServeSettings(_Section):
         "1990-01-01T00:00:00+00:00",
         description="Events timestamped before this ISO time are refused.",
     )
+
+    @model_validator(mode="after")
+    def _keys_are_long_enough(self) -> ServeSettings:
+        _check_key_lengths(self.write_keys, "write_keys")
+        _check_key_lengths(self.read_keys, "read_keys")
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether `host` is reachable from this machine alone."""
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
     @model_validator(mode="after")
     def _floor_is_a_time(self) -> ServeSettings:
@@ -857,10 +946,18 @@ SECRET_FIELDS: dict[str, Any] = {
 
 
 def mask_url(text: str) -> str:
-    """'postgresql://user:secret@host/db' -> 'postgresql://user:***@host/db'; other text as is."""
+    """'postgresql://user:secret@host/db' -> 'postgresql://user:***@host/db', and a password
+    in a query string ('?password=secret', 'sslpassword', 'token', 'key') -> '***'; other
+    text as is."""
     import re
 
-    return re.sub(r"(\w[\w+.-]*://[^/:@\s]*:)[^@/\s]+@", r"\1***@", text)
+    text = re.sub(r"(\w[\w+.-]*://[^/:@\s]*:)[^@/\s]+@", r"\1***@", text)
+    return re.sub(
+        r"([?&;](?:[\w.-]*password|[\w.-]*secret|[\w.-]*token|[\w.-]*key)=)[^&;#\s]*",
+        r"\1***",
+        text,
+        flags=re.IGNORECASE,
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

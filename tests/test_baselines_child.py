@@ -49,7 +49,9 @@ def test_a_failing_production_child_raises_with_the_end_of_its_log(tmp_path):
 
 def test_a_childs_settings_carry_no_key(tmp_path):
     settings = tiny_settings(
-        tmp_path, tracking={"pseudonym_key": "pseudo-s3cret"}, serve={"write_keys": ["w-s3cret"]}
+        tmp_path,
+        tracking={"pseudonym_key": "pseudo-s3cret-0123456789"},
+        serve={"write_keys": ["w-s3cret-0123456789ab"]},
     )
     sent = settings_for_child(settings)
     assert "s3cret" not in json.dumps(sent) and "*****" not in json.dumps(sent)

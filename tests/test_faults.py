@@ -350,7 +350,7 @@ def _lists(store: RecommendationStore) -> dict[str, list]:
     return {u: store.read(u).rows() for u in store.users()}
 
 
-KEY = "fault-suite-key"
+KEY = "fault-suite-key-0123456789"
 
 
 @pytest.fixture(scope="module")

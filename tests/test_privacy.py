@@ -6,6 +6,7 @@ import json
 import stat
 
 import polars as pl
+import pytest
 
 from tailor import columns as C
 from tailor.data.privacy import pseudonym_key, pseudonymise, public_quarantine
@@ -48,11 +49,47 @@ def test_urls_are_masked_and_keys_never_dumped():
     assert mask_url("postgresql://tailor:s3cret@db:5432/x") == "postgresql://tailor:***@db:5432/x"
     assert mask_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
     settings = load_settings(
-        serve={"write_keys": ["wk-123"], "read_keys": ["rk-456"]},
+        serve={"write_keys": ["wk-1234567890abcdef"], "read_keys": ["rk-4567890abcdefgh"]},
         refresh={"store_url": "postgresql://u:pw-789@h/d"},
-        tracking={"pseudonym_key": "pk-000"},
+        tracking={"pseudonym_key": "pk-0000000000000000"},
     )
     for text in (json.dumps(settings.flat()), settings.public_json()):
-        for secret in ("wk-123", "rk-456", "pw-789", "pk-000"):
+        for secret in (
+            "wk-1234567890abcdef",
+            "rk-4567890abcdefgh",
+            "pw-789",
+            "pk-0000000000000000",
+        ):
             assert secret not in text
     assert settings.flat()["refresh.store_url"] == "postgresql://u:***@h/d"
+
+
+def test_a_password_in_a_query_string_is_masked_too():
+    assert mask_url("mysql://u@h/db?password=abc&x=1") == "mysql://u@h/db?password=***&x=1"
+    masked = mask_url("postgresql://u:pw@h/db?sslpassword=s1&application_name=tailor")
+    assert masked == "postgresql://u:***@h/db?sslpassword=***&application_name=tailor"
+
+
+def test_keys_too_short_to_resist_guessing_are_refused():
+    for section, field in (("serve", "write_keys"), ("serve", "read_keys")):
+        with pytest.raises(ValueError, match="shorter than 16 characters"):
+            load_settings(**{section: {field: ["short-key"]}})
+    with pytest.raises(ValueError, match="pseudonym_key is shorter than 16"):
+        load_settings(tracking={"pseudonym_key": "pk-1"})
+
+
+def test_processes_making_the_key_at_once_agree_on_a_whole_one(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    for attempt in range(3):
+        folder = tmp_path / str(attempt)
+        with ProcessPoolExecutor(4) as pool:
+            keys = list(pool.map(pseudonym_key, [None] * 8, [folder] * 8))
+        assert len(set(keys)) == 1 and len(keys[0]) == 64
+        assert [p.name for p in folder.iterdir()] == ["pseudonym.key"]  # no temporary left
+
+
+def test_a_damaged_key_file_is_an_error_naming_it(tmp_path):
+    (tmp_path / "pseudonym.key").write_text("")
+    with pytest.raises(ValueError, match=r"pseudonym\.key: the pseudonym key holds 0 characters"):
+        pseudonym_key(None, tmp_path)

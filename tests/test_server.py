@@ -384,7 +384,7 @@ def test_real_server_on_a_loopback_port(trained, tmp_path):
 def test_writes_need_a_key_reads_only_when_configured(settings_for, caplog):
     item = {"items": [{"item_id": "k1", "text": "Keyed Item"}]}
     event = {"events": [{"user_id": "u-new", "item_id": "k1", "kind": "view"}]}
-    with TestClient(create_app(settings_for(read_keys=["reader-key-42"]))) as c:
+    with TestClient(create_app(settings_for(read_keys=["reader-key-42-0123456789"]))) as c:
         _wait_ready(c)
         for path, body in (("/items", item), ("/events", event), ("/admin/reload", None)):
             r = c.post(path, json=body)
@@ -394,7 +394,9 @@ def test_writes_need_a_key_reads_only_when_configured(settings_for, caplog):
         assert c.post("/items", json=item, headers=AUTH).status_code == 200
         # Reads: the read key or a write key; nothing else.
         assert c.get("/items/k1").status_code == 401
-        assert c.get("/items/k1", headers={"X-API-Key": "reader-key-42"}).status_code == 200
+        assert (
+            c.get("/items/k1", headers={"X-API-Key": "reader-key-42-0123456789"}).status_code == 200
+        )
         assert c.get("/items/k1", headers=AUTH).status_code == 200
         r = c.post("/recommend", json={"k": 2}, headers={"X-API-Key": "reader-key-4"})
         assert r.status_code == 403
@@ -410,7 +412,7 @@ def test_writes_need_a_key_reads_only_when_configured(settings_for, caplog):
         assert r.status_code == 403 and "no serve.write_keys" in r.json()["detail"]
         assert c.post("/recommend", json={"k": 2}).status_code == 200
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert KEY not in logged and "reader-key-42" not in logged
+    assert KEY not in logged and "reader-key-42-0123456789" not in logged
 
 
 def test_event_times_are_bounded_and_chunked_bodies_are_capped(client):

@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tailor import columns as C
+from tailor.data.schema import Migration, SchemaError, open_schema
 
 __all__ = ["EVENT_KINDS", "LiveEvent", "LiveItem", "LiveLog", "LiveLogError"]
 
@@ -65,9 +66,19 @@ _EVENTS = Table(
     Column(KIND, String(16), nullable=False),
     Column(C.WEIGHT, Float, nullable=False),
     Column(C.TIMESTAMP, DateTime(timezone=True), nullable=False),
-    # One user's events are read back when a user evicted from memory returns.
-    Index("live_events_by_user", C.USER_ID),
 )
+# One user's events are read back when a user evicted from memory returns.
+_BY_USER = Index("live_events_by_user", _EVENTS.c[C.USER_ID])
+
+# The live log's schema versions (`tailor.data.schema`): 1 is the layout first shipped.
+MIGRATIONS = [
+    Migration(1, "live_items and live_events", lambda conn: None),
+    Migration(
+        2,
+        "the index of events by user (restoring an evicted user read the whole table)",
+        lambda conn: _BY_USER.create(conn, checkfirst=True),
+    ),
+]
 
 
 class LiveLogError(RuntimeError):
@@ -217,7 +228,10 @@ class LiveLog:
                     engine = create_engine(self._url)
                     if engine.dialect.name == "sqlite":
                         event.listen(engine, "connect", _configure_sqlite)
-                    _METADATA.create_all(engine)
+                    try:
+                        open_schema(engine, "live log", _METADATA, MIGRATIONS)
+                    except SchemaError as e:
+                        raise LiveLogError(str(e)) from e
                     self._engine = engine
             return self._engine
 

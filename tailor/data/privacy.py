@@ -7,6 +7,7 @@ server, carries `pseudonymise`d ids instead, unless `tracking.log_personal_data`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,6 +23,9 @@ from tailor import columns as C
 PREFIX = "p_"
 
 
+MIN_FILE_KEY_CHARS = 32
+
+
 def pseudonym_key(configured: str | None, cache_dir: Path) -> bytes:
     """The configured key, or a random one made once per workdir (owner-only file)."""
     if configured:
@@ -29,11 +33,28 @@ def pseudonym_key(configured: str | None, cache_dir: Path) -> bytes:
     path = Path(cache_dir) / "pseudonym.key"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Created with 0600 in one step, so no other user can read it even briefly.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+        # Written whole to a private file (0600 from its creation), then linked into place:
+        # the link appears complete or not at all, so a second process never reads it half
+        # written, and if two race, the first link wins and both use its key.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if len(key) < MIN_FILE_KEY_CHARS:
+        raise ValueError(
+            f"{path}: the pseudonym key holds {len(key)} characters, at least "
+            f"{MIN_FILE_KEY_CHARS} are needed; delete the file to make a new one (pseudonyms "
+            "in earlier artifacts will then differ)"
+        )
+    return key.encode()
 
 
 def pseudonymise(ids: Iterable[str], key: bytes) -> list[str]:

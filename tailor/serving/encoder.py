@@ -83,6 +83,11 @@ class TextVectors:
             )
         self.encoder.settings = self.encoder.settings.model_copy(update={"batch_size": 1})
 
+    @property
+    def pending(self) -> int:
+        """Texts waiting for the encoder (the queue `max_pending` bounds)."""
+        return self._pending
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self.submit(texts).result()
 

@@ -10,10 +10,12 @@ POST /items                         add or update items; searchable in the next 
 GET  /items/{item_id}               one served item
 POST /events                        feedback: logged durably, applied to the session at once
 POST /admin/reload                  check the champion alias now
+GET  /metrics                       Prometheus' text format: requests, latencies, model, queues
 
 Writes (POST /items, POST /events, /admin/*) need an API key of `serve.write_keys` in the
 X-API-Key header (none configured = writes refused); reads need one of `serve.read_keys` when
-any is set. Keys are compared in constant time and never logged.
+any is set. A service listening beyond loopback without read keys refuses to start unless
+`serve.open_reads` is set. Keys are compared in constant time and never logged.
 
 Model work runs on the event loop, the user encoder batched across the requests of one loop
 turn; the language model (queries, profiles, new items, a bounded queue), the events' durable
@@ -23,7 +25,6 @@ commit and loading run in worker threads.
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
 # and some name limits from this deployment's settings, which only exist inside create_app.
 import asyncio
-import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import (
     BaseModel,
@@ -49,8 +50,15 @@ from pydantic import (
 from tailor.data.livelog import LiveEvent, LiveItem, LiveLogError
 from tailor.serving.batching import WriteBatcher
 from tailor.serving.encoder import EncoderBusyError, NoTextSpaceError
+from tailor.serving.metrics import CONTENT_TYPE, RequestMetrics
 from tailor.serving.recommend import LiveQuery
-from tailor.serving.service import LiveItemsFullError, Service, UnknownItemsError
+from tailor.serving.service import (
+    LiveItemsFullError,
+    Service,
+    StoreBusyError,
+    UnknownItemsError,
+    settle_heap,
+)
 from tailor.serving.store import StoreError
 from tailor.settings import Settings
 
@@ -67,8 +75,9 @@ def _no_bool(value: Any) -> Any:
 
 
 def _number(kind: type = float, **bounds: float) -> Any:
-    """A JSON number (or integer) with its bounds in the schema, booleans refused."""
-    return Annotated[kind, Field(**bounds), BeforeValidator(_no_bool)]
+    """A JSON number (or integer) with its bounds in the schema; booleans refused, and strings
+    too (strict): a digit string longer than a text field's limit must not pass as a number."""
+    return Annotated[kind, Field(strict=True, **bounds), BeforeValidator(_no_bool)]
 
 
 Number = _number()
@@ -114,6 +123,10 @@ SERVING_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A Content-Length that is not a size."},
+    408: {
+        "model": ErrorResponse,
+        "description": "The body was not sent within serve.body_timeout_seconds.",
+    },
     413: {"model": ErrorResponse, "description": "The body is over serve.max_body_bytes."},
 }
 TEXT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -317,11 +330,13 @@ def _schemas(settings: Settings) -> dict[str, type[BaseModel]]:
 
 class _BodyLimit:
     """413 for a body over the limit: a declared size before anything reads it, a chunked one
-    (no Content-Length) as soon as it has sent more than the limit."""
+    (no Content-Length) as soon as it has sent more than the limit; 408 for a body not sent
+    within `timeout` seconds (a slow sender holds no connection for long)."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, timeout: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     def _refusal(self, what: str, status: int = 413) -> JSONResponse:
         return JSONResponse(
@@ -348,13 +363,23 @@ class _BodyLimit:
                 if declared > self.max_bytes:
                     await self._refusal(f"{declared} bytes")(scope, receive, send)
                     return
-        if declared is not None or scope.get("method") in ("GET", "HEAD"):
+        if scope.get("method") in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        # No declared size: read the body here, up to the limit, then hand it on.
+        # The body is read here, up to the limit and within the timeout, then handed on.
+        deadline = asyncio.get_running_loop().time() + self.timeout
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+            except TimeoutError:
+                await JSONResponse(
+                    {"detail": f"the request body was not sent within {self.timeout:g} s"},
+                    status_code=408,
+                )(scope, receive, send)
+                return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([message]), send)
                 return
@@ -392,20 +417,27 @@ def _profile_of(profile: BaseModel | None) -> dict[str, str] | None:
     return given or None
 
 
-def _settle_heap() -> None:
-    """Move everything loaded so far out of the garbage collector's sight.
-
-    torch, transformers, MLflow and the data leave millions of long-lived objects; a full
-    collection that walks them all stalls the event loop for tens of milliseconds, which is
-    what a p99 sees. Frozen objects are never scanned again (they are still freed when
-    unreferenced only if the process is restarted, which is fine for a loaded model).
-    """
-    gc.collect()
-    gc.freeze()
+def check_exposure(settings: Settings) -> str:
+    """How reads are guarded, for the start-up log; refuses a service that would answer
+    reads (viewing history, lists) to anyone who can reach a non-loopback port."""
+    s = settings.serve
+    if s.read_keys:
+        return f"reads need a key of serve.read_keys ({len(s.read_keys)} set)"
+    if s.loopback_only:
+        return f"reads are open on loopback ({s.host}) only"
+    if s.open_reads:
+        return f"reads are OPEN to anyone who reaches {s.host}:{s.port} (serve.open_reads)"
+    raise ValueError(
+        f"serve.host is {s.host!r} (beyond loopback) and serve.read_keys is empty: anyone who "
+        "reaches the port could read users' lists and what they viewed. Set serve.read_keys "
+        "(TAILOR_SERVE__READ_KEYS='[\"...\"]'), or serve.open_reads = true when a gateway in "
+        "front checks callers."
+    )
 
 
 def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
     """The service app; loading starts in the background when the app starts."""
+    exposure = check_exposure(settings)
     service = Service(settings, model_version)
     schemas = _schemas(settings)
     RecommendRequest = schemas["RecommendRequest"]
@@ -430,7 +462,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             if service.model is None:
                 try:
                     await run_in_threadpool(service.load)
-                    _settle_heap()
+                    settle_heap()
                     return True
                 except Exception as e:  # keep serving health; say why not ready
                     service.error = f"{type(e).__name__}: {e}"
@@ -443,7 +475,8 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             snapshot = service.state.snapshot()
             model, texts, queries = await run_in_threadpool(service.build, version, snapshot)
             service.swap(model, texts, queries)
-            _settle_heap()
+            del model  # the old one must be collectable by the settling below
+            settle_heap()
             return True
 
     async def write_items(batch: list[tuple[list[LiveItem], Any]]) -> list:
@@ -453,7 +486,8 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         admitted = [b for b, no in zip(batch, refused, strict=True) if no is None]
         if admitted:
             rows = [item for items, _ in admitted for item in items]
-            await run_in_threadpool(service.live_log.upsert_items, rows)
+            with service.metrics.livelog_commit.time():
+                await run_in_threadpool(service.live_log.upsert_items, rows)
         applied = iter(service.apply_items(admitted))
         return [no if no is not None else next(applied) for no in refused]
 
@@ -474,6 +508,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         # Requests search faiss and run the user encoder on this thread (the event loop's), and
         # OpenMP's thread count is per thread: set here, not only where the model loads.
         service.use_serving_threads()
+        log.info("tailor serve: %s", exposure)
         task = asyncio.create_task(poll())
         try:
             yield
@@ -489,7 +524,12 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.inserts = inserts  # its batching figures, for the benchmark
-    app.add_middleware(_BodyLimit, max_bytes=settings.serve.max_body_bytes)
+    app.add_middleware(
+        _BodyLimit,
+        max_bytes=settings.serve.max_body_bytes,
+        timeout=settings.serve.body_timeout_seconds,
+    )
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
 
     def serving() -> Service:
         if service.model is None:
@@ -499,7 +539,15 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
     @app.exception_handler(LiveLogError)
     @app.exception_handler(StoreError)
     async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        # The cause (paths, hosts) goes to the operator's log, not to whoever asked.
+        what = "live log" if isinstance(exc, LiveLogError) else "recommendation store"
+        log.warning("%s %s: the %s failed: %s", request.method, request.url.path, what, exc)
+        retry = exc.retry_after if isinstance(exc, StoreBusyError) else 1
+        return JSONResponse(
+            {"detail": f"the {what} is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(retry)},
+        )
 
     @app.exception_handler(LiveItemsFullError)
     async def _full(request: Request, exc: Exception) -> JSONResponse:
@@ -536,7 +584,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=settings.serve.max_k)] = 20,
     ):
         """The list the nightly refresh published for this user (the fast path)."""
-        frame = service.precomputed(user_id, k)
+        frame = await service.stored_list(user_id, k)
         if frame.is_empty():
             raise HTTPException(
                 404,
@@ -570,9 +618,9 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             strength=body.tail_strength,
             query_weight=body.query_weight,
         )
-        if body.user_id and svc.state.evicted:
+        if body.user_id:
             # A live user evicted from memory comes back from the log (read off the loop).
-            svc.restore_users(await run_in_threadpool(svc.logged_history, body.user_id))
+            await svc.bring_back(body.user_id)
         # The language model runs in a worker thread, the user encoder on the loop; each
         # batches the requests that reach it together.
         user = svc.submit_user_vector(query)
@@ -649,14 +697,28 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             for e in body.events
         ]
         try:
-            svc.check_events(events)
+            # The durable commit (an fsync) in a worker thread: other requests run meanwhile;
+            # the events reach the in-memory history once they are in the log.
+            accepted = await svc.record_events(events)
         except UnknownItemsError as e:
             raise HTTPException(404, {"message": str(e), "unknown_items": e.items}) from e
-        # The durable commit (an fsync) in a worker thread: other requests run meanwhile;
-        # the events reach the in-memory history once they are in the log.
-        restored = await run_in_threadpool(svc.persist_events, events)
-        accepted = svc.apply_events(events, restored)
         return EventsResponse(accepted=accepted)
+
+    @app.get(
+        "/metrics",
+        dependencies=reads["dependencies"],
+        responses={
+            **reads["responses"],
+            200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus' text format."},
+        },
+        response_class=Response,
+    )
+    async def metrics():
+        """Request rates and latencies by route, the model version and swaps, the encoder's
+        queue, users and items held, live-log commit and store read latency, process memory
+        (Prometheus' text format; behind the read key like other reads)."""
+        body = service.metrics.render(service.read_gauges)
+        return Response(body, media_type=CONTENT_TYPE)
 
     @app.post(
         "/admin/reload",

@@ -90,6 +90,12 @@ class LiveModel:
         # Live requests' user vectors, batched across the requests of one event-loop turn.
         self.users = UserVectorBatcher(self.user_vectors, settings.serve.user_batch)
 
+    def retire(self) -> None:
+        """Drop what ties this model into reference cycles (its batcher holds its bound
+        method): once no request holds it, reference counting frees it at once."""
+        self.users = None  # type: ignore[assignment]
+        self.profiles = None
+
     def _need_text_space(self, what: str) -> None:
         if not self.text_space:
             raise NoTextSpaceError(

@@ -8,9 +8,13 @@ model and state are never read while being changed and need no locks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import math
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,9 +28,10 @@ from tailor.models.encoder import encoder_id
 from tailor.models.index import set_search_threads
 from tailor.serving.encoder import TextVectors, check_encoder, has_text_space
 from tailor.serving.live import LiveModel, build_live_model
+from tailor.serving.metrics import ServiceMetrics
 from tailor.serving.recommend import LiveQuery, LiveResult, live_sequence, recommend
 from tailor.serving.state import LiveState, load_live_state
-from tailor.serving.store import RecommendationStore
+from tailor.serving.store import RecommendationStore, StoreError
 from tailor.settings import EmbedSettings, Settings
 from tailor.tracking.registry import load_bundle, resolve_version
 from tailor.tracking.runs import client_for
@@ -38,6 +43,14 @@ class LiveItemsFullError(RuntimeError):
     """No room for more live items until the next training run."""
 
 
+class StoreBusyError(StoreError):
+    """The store did not answer within `serve.store_timeout_seconds` (answered 503)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UnknownItemsError(ValueError):
     """Item ids the served catalogue does not have; nothing was applied."""
 
@@ -46,6 +59,53 @@ class UnknownItemsError(ValueError):
         shown = ", ".join(repr(i) for i in self.items[:20])
         more = f" and {len(self.items) - 20} more" if len(self.items) > 20 else ""
         super().__init__(f"unknown item ids: {shown}{more}")
+
+
+class UserLocks:
+    """One asyncio lock per user id, held only while someone holds or waits for it, so the
+    table never grows with the users seen."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, users: Iterable[str]) -> AsyncIterator[None]:
+        entries = []
+        for user in sorted(set(users)):  # one order for everyone: no deadlock
+            entry = self._locks.setdefault(user, (asyncio.Lock(), [0]))
+            entry[1][0] += 1
+            entries.append((user, entry))
+        held = []
+        try:
+            for _, (lock, _) in entries:
+                await lock.acquire()
+                held.append(lock)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+            for user, (_, waiting) in entries:
+                waiting[0] -= 1
+                if not waiting[0]:
+                    del self._locks[user]
+
+
+def settle_heap() -> None:
+    """Move everything loaded so far out of the garbage collector's sight.
+
+    torch, transformers, MLflow and the data leave millions of long-lived objects; a full
+    collection that walks them all stalls the event loop for tens of milliseconds, which is
+    what a p99 sees, so after a load they are frozen (never scanned again). The collector
+    never frees a frozen object either: a model swapped out inside a reference cycle would
+    stay for the life of the process. So everything is unfrozen first and collected once per
+    load or swap (one such stall a swap), and what survives is frozen again.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -63,7 +123,11 @@ class Service:
         self.settings = settings
         self.pinned = model_version or settings.serve.model_version
         self.live_log = LiveLog(settings.live_url)
-        self.store = RecommendationStore(settings.store_url)
+        # The service's reads give up after `store_timeout_seconds` in the database itself,
+        # so a locked store cannot hold worker threads either.
+        self.store = RecommendationStore(
+            settings.store_url, timeout_seconds=settings.serve.store_timeout_seconds
+        )
         self.state: LiveState | None = None
         self.model: LiveModel | None = None
         self.texts: TextVectors | None = None  # items and profiles (the catalogue's encoder)
@@ -71,8 +135,16 @@ class Service:
         self.error: str = "loading"
         self.loaded_at: str | None = None
         # Vectors of items inserted while this process runs, so a reload re-inserts them
-        # into the new version without encoding them again.
+        # into the new version without encoding them again; a swap keeps only those the new
+        # version still lacks.
         self._inserted: dict[str, np.ndarray] = {}
+        # Users being brought back from the live log: requests for one such user take turns,
+        # so two restores cannot race and drop one request's events.
+        self._restoring = UserLocks()
+        self.metrics = ServiceMetrics()
+        # Models swapped out, by weak reference: any still alive after the swap's collection
+        # is a leak an operator sees on /metrics (tailor_retired_models_alive).
+        self._retired: list[weakref.ref] = []
 
     # ------------------------------------------------------------ loading (worker threads)
 
@@ -139,6 +211,7 @@ class Service:
         queries = self._queries_for(texts)
         self.texts, self.queries, self.state, self.model = texts, queries, state, model
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.metrics.model_loaded(version, swapped=False)
         self.error = ""
         log.info(
             "serving model version %s: %d items, %d users (loaded in %.1f s)",
@@ -188,10 +261,76 @@ class Service:
                 vectors = texts.encode([text for _, text, _ in pending])
             model.upsert_items(pending, vectors)
         model.build_profiles(self.state)
-        previous = None if self.model is None else self.model.version
+        wanted = {item for item, _, _ in pending}
+        self._inserted = {k: v for k, v in self._inserted.items() if k in wanted}
+        retired = self.model
         self.model, self.texts, self.queries = model, texts, queries
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
-        log.info("now serving model version %s (was %s)", model.version, previous)
+        self.metrics.model_loaded(model.version, swapped=True)
+        if retired is not None:
+            retired.retire()
+            self._retired = [r for r in self._retired if r() is not None]
+            self._retired.append(weakref.ref(retired))
+        log.info(
+            "now serving model version %s (was %s)",
+            model.version,
+            None if retired is None else retired.version,
+        )
+
+    # ------------------------------------------------------------ event loop, awaiting I/O
+
+    async def record_events(self, events: Sequence[LiveEvent]) -> int:
+        """`add_events` for the event loop: the durable commit in a worker thread, users
+        evicted from memory restored under their lock (see `UserLocks`)."""
+        self.check_events(events)
+        async with self._restoring.hold(self._maybe_evicted(e.user_id for e in events)):
+            restored = await asyncio.to_thread(self.persist_events, events)
+            return self.apply_events(events, restored)
+
+    async def bring_back(self, user_id: str) -> None:
+        """A live user evicted from memory comes back from the log before a request reads
+        their history (the read in a worker thread, under the user's lock)."""
+        users = self._maybe_evicted([user_id])
+        if not users:
+            return
+        async with self._restoring.hold(users):
+            self.restore_users(await asyncio.to_thread(self.logged_history, user_id))
+
+    def _maybe_evicted(self, users: Iterable[str]) -> list[str]:
+        assert self.state is not None
+        if not self.state.evicted:
+            return []
+        return [u for u in users if u not in self.state.histories]
+
+    async def stored_list(self, user_id: str, k: int) -> pl.DataFrame:
+        """The published list, read in a worker thread: a slow or locked store answers
+        `StoreBusyError` after `serve.store_timeout_seconds` and the loop never waits."""
+        timeout = self.settings.serve.store_timeout_seconds
+        try:
+            # The database gives up at `timeout`; this bound is the backstop behind it.
+            with self.metrics.store_read.time():
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self.store.read, user_id, k), timeout + 1.0
+                )
+        except TimeoutError as e:
+            raise StoreBusyError(
+                f"the store did not answer within {timeout:g} s", math.ceil(timeout)
+            ) from e
+
+    def read_gauges(self, metrics: ServiceMetrics) -> None:
+        """The gauges Prometheus reads at scrape time (event loop)."""
+        if self.texts is not None:
+            queued = self.texts.pending
+            if self.queries is not None and self.queries is not self.texts:
+                queued += self.queries.pending
+            metrics.encoder_queue.set(queued)
+        if self.state is not None:
+            metrics.users_in_memory.set(len(self.state.histories))
+            metrics.live_users.set(len(self.state.live_users))
+            metrics.evicted.set(self.state.evicted)
+        if self.model is not None:
+            metrics.live_items.set(int(self.model.new.sum()))
+        metrics.retired_alive.set(sum(r() is not None for r in self._retired))
 
     def profile_string(self, query: LiveQuery) -> str:
         assert self.state is not None
@@ -244,8 +383,10 @@ class Service:
         self, requests: Sequence[Sequence[LiveItem]]
     ) -> list[LiveItemsFullError | None]:
         """Per request, in order: None when its new ids fit under `serve.max_live_items` with
-        those of the requests admitted before it, else the error it is answered with."""
+        those of the requests admitted before it, else the error it is answered with. A
+        model that cannot embed text refuses them all before anything is logged."""
         assert self.model is not None
+        self.model._need_text_space("new items")
         cap = self.settings.serve.max_live_items
         held = int(self.model.new.sum())
         admitted: set[str] = set()
@@ -304,7 +445,8 @@ class Service:
     def persist_events(self, events: Sequence[LiveEvent]) -> dict[str, list[tuple[str, float]]]:
         """Commit to the live log (worker thread); for users evicted from memory, their whole
         logged history (the new events included), to restore them with."""
-        self.live_log.append_events(events)
+        with self.metrics.livelog_commit.time():
+            self.live_log.append_events(events)
         return self._evicted_histories({e.user_id for e in events})
 
     def logged_history(self, user_id: str) -> dict[str, list[tuple[str, float]]]:

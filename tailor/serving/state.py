@@ -41,14 +41,24 @@ class LiveState:
     live_users: OrderedDict[str, None] = field(default_factory=OrderedDict)
     max_live_users: int = 0  # 0 = no bound
     evicted: int = 0
+    # Newest events kept per user (0 = no bound): what a request walks and a reload reads is
+    # bounded however long a user stays; the live log keeps every event for the nightly run.
+    max_history: int = 0
 
     def add_event(self, user: str, item: str, weight: float) -> None:
-        """Append one event to the user's history (live feedback)."""
+        """Append one event to the user's history (live feedback), dropping the oldest beyond
+        `max_history`."""
         if user not in self.histories:
             self.live_users[user] = None
-        self.histories.setdefault(user, []).append(item)
+        history = self.histories.setdefault(user, [])
+        history.append(item)
         threshold = self.positive_threshold
-        self.liked.setdefault(user, []).append(threshold is None or weight >= threshold)
+        flags = self.liked.setdefault(user, [])
+        flags.append(threshold is None or weight >= threshold)
+        over = len(history) - self.max_history
+        if self.max_history and over > 0:
+            del history[:over]
+            del flags[:over]
         self.touch(user)
 
     def touch(self, user: str) -> None:
@@ -83,6 +93,7 @@ class LiveState:
         users: pl.DataFrame | None,
         profile_fields: Sequence[str],
         positive_threshold: float | None = None,
+        max_history: int = 0,
     ) -> LiveState:
         ordered = interactions.sort([C.USER_ID, C.TIMESTAMP], maintain_order=True)
         weight = pl.col(C.WEIGHT) if C.WEIGHT in ordered.columns else pl.lit(1.0)
@@ -92,6 +103,10 @@ class LiveState:
             .group_by(C.USER_ID, maintain_order=True)
             .agg(pl.col(C.ITEM_ID), pl.col(C.POSITIVE))
         )
+        if max_history:
+            grouped = grouped.with_columns(
+                pl.col(C.ITEM_ID).list.tail(max_history), pl.col(C.POSITIVE).list.tail(max_history)
+            )
         ids = grouped[C.USER_ID].to_list()
         histories = dict(zip(ids, grouped[C.ITEM_ID].to_list(), strict=True))
         liked = dict(zip(ids, grouped[C.POSITIVE].to_list(), strict=True))
@@ -112,6 +127,7 @@ class LiveState:
             items=catalogue,
             liked=liked,
             positive_threshold=positive_threshold,
+            max_history=max_history,
         )
 
     def embed_profiles(self, texts: TextVectors, fields: Sequence[str]) -> None:
@@ -128,13 +144,16 @@ class LiveState:
         self.profile_vectors = vectors[[row_of[s] for s in strings]]
 
     def snapshot(self) -> LiveState:
-        """A copy a worker thread can read while the event loop keeps appending."""
+        """What a worker thread building another model version reads while the event loop
+        keeps appending: the catalogue and the profiles. No history: copying every user's
+        would stall the loop for as long as there are users, and the swap (on the loop)
+        builds the profile pool from the live histories anyway."""
         return LiveState(
-            histories={u: list(h) for u, h in self.histories.items()},
-            liked={u: list(m) for u, m in self.liked.items()},
+            histories={},
+            liked={},
             positive_threshold=self.positive_threshold,
-            live_users=OrderedDict(self.live_users),
             max_live_users=self.max_live_users,
+            max_history=self.max_history,
             profiles=self.profiles,
             items=dict(self.items),
             profile_users=self.profile_users,
@@ -151,6 +170,7 @@ def load_live_state(settings: Settings) -> LiveState:
         clean.users,
         settings.serve.profile_fields,
         settings.data.positive_threshold,
+        settings.serve.max_history_events,
     )
     state.max_live_users = settings.serve.max_live_users
     return state

@@ -11,12 +11,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tailor import columns as C
+from tailor.data.schema import Migration, SchemaError, open_schema
 
 __all__ = ["READ_SCHEMA", "BatchInfo", "RecommendationStore", "StoreError"]
 
@@ -77,7 +80,7 @@ _BATCHES = Table(
 # At most one published batch, enforced by the database itself: on PostgreSQL two overlapping
 # publishes cannot both see "no other published batch" under READ COMMITTED, so the loser must
 # fail on this index instead of leaving two published sets for readers to mix.
-Index(
+_ONE_PUBLISHED = Index(
     "uq_batches_one_published",
     _BATCHES.c.status,
     unique=True,
@@ -105,6 +108,16 @@ _RECS = Table(
 )
 # Readers waiting on a dropped partition's lock would queue behind it: give up and retry later.
 _DROP_LOCK_TIMEOUT = "2s"
+
+# The store's schema versions (`tailor.data.schema`): 1 is the layout first shipped.
+MIGRATIONS = [
+    Migration(1, "batches and recommendations", lambda conn: None),
+    Migration(
+        2,
+        "at most one published batch, enforced by a partial unique index",
+        lambda conn: _ONE_PUBLISHED.create(conn, checkfirst=True),
+    ),
+]
 
 _INPUT_COLUMNS = (C.USER_ID, C.ITEM_ID, C.RANK, C.SCORE, C.REASON_TEXT, C.LABEL)
 _REQUIRED_VALUES = (C.USER_ID, C.ITEM_ID, C.RANK, C.SCORE)
@@ -143,8 +156,11 @@ class RecommendationStore:
     Nothing touches the database until the first call; then the tables are created if absent.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_seconds: float | None = None) -> None:
         self._url = make_url(url)
+        # A bound on every wait in the database (a lock, a slow statement, a connection):
+        # None waits as long as the backend does (a refresh), a service sets seconds.
+        self._timeout = timeout_seconds
         self._engine: Engine | None = None
         self._is_partitioned: bool | None = None
         # Readers in a web service may hit a fresh store from several threads at once.
@@ -458,14 +474,22 @@ class RecommendationStore:
                     Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:
                     raise StoreError(f"cannot create the directory for {database}: {e}") from e
-        engine = create_engine(self._url)
+        connect_args: dict[str, Any] = {}
+        busy_ms = _SQLITE_BUSY_TIMEOUT_MS
+        if self._timeout is not None:
+            busy_ms = max(1, int(self._timeout * 1000))
+            if self._url.get_backend_name() == "postgresql":
+                connect_args = {
+                    "connect_timeout": max(1, math.ceil(self._timeout)),
+                    "options": f"-c statement_timeout={busy_ms} -c lock_timeout={busy_ms}",
+                }
+        engine = create_engine(self._url, connect_args=connect_args)
         if is_sqlite:
-            event.listen(engine, "connect", _configure_sqlite)
+            event.listen(engine, "connect", partial(_configure_sqlite, busy_ms=busy_ms))
         try:
-            _METADATA.create_all(engine)
-        except SQLAlchemyError:
-            # Another process may have created the tables between the check and the CREATE.
-            _METADATA.create_all(engine)
+            open_schema(engine, "recommendation store", _METADATA, MIGRATIONS)
+        except SchemaError as e:
+            raise StoreError(str(e)) from e
         return engine
 
     @contextmanager
@@ -477,11 +501,11 @@ class RecommendationStore:
             raise StoreError(f"could not {action} at {self._safe_url}: {cause}") from e
 
 
-def _configure_sqlite(dbapi_conn: Any, _record: Any) -> None:
+def _configure_sqlite(dbapi_conn: Any, _record: Any, busy_ms: int) -> None:
     cursor = dbapi_conn.cursor()
     try:
         # busy_timeout first, so switching to WAL waits for a lock instead of failing.
-        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         # WAL lets readers keep reading the published batch while a refresh writes.
         cursor.execute("PRAGMA journal_mode=WAL")
         # Safe in WAL (a crash loses at most the last commits, never consistency), and the

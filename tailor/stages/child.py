@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tailor.models.hardware import free_cores
-from tailor.settings import SECRET_FIELDS, Settings
+from tailor.settings import REVEAL_URLS, SECRET_FIELDS, Settings
 
 T = TypeVar("T")
 
@@ -42,8 +42,9 @@ def side_by_side(settings: Settings, lanes: int = 2) -> Settings:
 
 def settings_for_child(settings: Settings) -> dict[str, Any]:
     """`settings` as JSON for a child's request, without the keys: no child needs one, and a
-    key dumped masked would come back as a wrong key rather than none."""
-    return settings.model_dump(mode="json", exclude=SECRET_FIELDS)
+    key dumped masked would come back as a wrong key rather than none. Connection URLs go
+    whole (the child connects with them), on its standard input, never in a log."""
+    return settings.model_dump(mode="json", exclude=SECRET_FIELDS, context={REVEAL_URLS: True})
 
 
 def run_in_child(
