@@ -214,6 +214,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_name() -> str:
+    """The CPU model, as /proc/cpuinfo names it (with its vector extensions, which decide
+    which int8 and fp32 kernels the language model runs)."""
+    import platform
+
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    vector = [f for f in ("avx512_vnni", "avx512f", "avx_vnni", "amx_int8", "avx2") if f in flags]
+    return f"{name} ({', '.join(vector) or 'no AVX2'})"
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a process and all its threads; None without /proc."""
     try:
@@ -491,7 +511,8 @@ def main() -> int:
     slash = " / ".join
     print(
         f"\n## Serving latency ({args.rate:.0f} requests/s offered for {args.seconds:.0f} s "
-        f"per scenario, {args.connections} connections, {os.cpu_count()} CPU cores; "
+        f"per scenario, {args.connections} connections, {os.cpu_count()} cores of "
+        f"{cpu_name()}; "
         f"runs {slash(map(str, runs))})\n"
     )
     print(

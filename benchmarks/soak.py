@@ -15,8 +15,9 @@ Every acknowledged event is checked in the live log afterwards (each exactly as 
 was acknowledged). The server's resident memory is sampled every few seconds.
 
 Prints a table per minute (memory, p99 per scenario, errors) and the targets: memory after
-warm-up (the third minute) grows under 10 %, each scenario's p99 stays within 1.5x its first
-minute, no server error, every acknowledged event logged once. Writes soak.json and soak.png
+warm-up (the third minute) grows under 10 %, each scenario's p99 stays within 1.5x its
+second minute's (the first holds the start-up), no server error, every acknowledged event
+logged once. Writes soak.json and soak.png
 (memory and p99s over time, swaps marked) to --out.
 """
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import random
 import sys
 import tempfile
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_latency import WORDS, Connection, free_port, start_server, wait_ready
+from serve_latency import WORDS, Connection, cpu_name, free_port, start_server, wait_ready
 
 RATES = {  # requests per second per scenario
     "stored read": 8.0,
@@ -52,16 +52,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Soak:
@@ -280,13 +270,17 @@ def main() -> int:
 
     base = rows[min(2, len(rows) - 1)]["rss_mb"]
     growth = rows[-1]["rss_mb"] / base - 1
-    worst = {n: max(r[n] for r in rows) / rows[0][n] for n in RATES}
+    # The reference minute is the second: the first holds the start-up (first requests load
+    # the encoder's session, fill caches), which would make any later minute look fine.
+    ref = rows[min(1, len(rows) - 1)]
+    later = rows[min(1, len(rows) - 1) :]
+    worst = {n: max(r[n] for r in later) / ref[n] for n in RATES}
     errors = sum(r["errors"] for r in rows)
     swap_s = [s for _, s, _ in soak.swaps]
     targets = [
         ("memory growth after minute 3", f"{growth:+.1%}", growth < 0.10),
         *(
-            (f"{n}: worst minute's p99 / first minute's", f"{worst[n]:.2f}x", worst[n] <= 1.5)
+            (f"{n}: worst minute's p99 / minute 2's", f"{worst[n]:.2f}x", worst[n] <= 1.5)
             for n in RATES
         ),
         ("server errors (5xx, dropped connections)", str(errors), errors == 0),

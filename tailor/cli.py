@@ -130,13 +130,16 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import json
+    import os
+
     import uvicorn
 
     from tailor.serving.http import create_app
 
     settings = _prepare(args)
     serve = {}
-    for name in ("host", "port", "model_version", "poll_seconds"):
+    for name in ("host", "port", "model_version", "poll_seconds", "workers"):
         value = getattr(args, name, None)
         if value is not None:
             serve[name] = value
@@ -155,17 +158,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"tailor serve: {e}", file=sys.stderr)
         return 2
-    print(f"tailor serve: http://{s.host}:{s.port}  (docs at /docs, readiness at /ready)")
-    uvicorn.run(
-        app,
-        host=s.host,
-        port=s.port,
-        log_level="warning",
-        access_log=False,
+    options = {
+        "host": s.host,
+        "port": s.port,
+        "log_level": "warning",
+        "access_log": False,
         # Beyond this many connections and requests at once, 503 at once rather than a queue
         # that grows until memory runs out.
-        limit_concurrency=s.max_concurrency,
-        timeout_keep_alive=5,
+        "limit_concurrency": s.max_concurrency,
+        "timeout_keep_alive": 5,
+    }
+    workers = f", {s.workers} worker processes" if s.workers > 1 else ""
+    print(f"tailor serve: http://{s.host}:{s.port}  (docs at /docs, readiness at /ready{workers})")
+    if s.workers == 1:
+        uvicorn.run(app, **options)
+        return 0
+    # Each worker imports the app and resolves the settings again from the same arguments.
+    os.environ["TAILOR_SERVE_ARGS"] = json.dumps(
+        {
+            "config": str(Path(args.config).resolve()) if args.config else None,
+            "preset": args.preset,
+            "workdir": str(settings.workdir.resolve()),
+            "serve": {k: v for k, v in serve.items() if k != "workers"},
+        }
+    )
+    del app
+    uvicorn.run(
+        "tailor.serving.http:app_from_environment", factory=True, workers=s.workers, **options
     )
     return 0
 
@@ -284,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port (default 8000)")
     serve.add_argument("--model-version", help="serve this version (default: follow the champion)")
     serve.add_argument("--poll-seconds", type=float, help="how often to check the alias")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes on the port, sharing the live log"
+    )
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("where", parents=[common], help="print where outputs and UIs are").set_defaults(
         func=cmd_where

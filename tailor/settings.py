@@ -799,6 +799,18 @@ class ServeSettings(_Section):
         "train.max_len, the rest keep items already seen out of live lists. Older events stay "
         "in the data and the live log, which the nightly run reads whole.",
     )
+    follow_seconds: float = Field(
+        0.5,
+        ge=0.0,
+        description="How often the service reads what other processes sharing its live log "
+        "wrote (items, events), so replicas and workers see each other's writes; 0 = never.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Worker processes of `tailor serve` on one port, each with its own model, "
+        "sharing the live log (memory grows with each).",
+    )
     store_timeout_seconds: float = Field(
         2.0,
         gt=0.0,

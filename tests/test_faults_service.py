@@ -266,3 +266,76 @@ def test_a_full_disk_under_the_live_log_acknowledges_nothing_it_did_not_store(
 
 def _event(user: str, item: str) -> dict:
     return {"user_id": user, "item_id": item, "kind": "view"}
+
+
+def test_worker_processes_on_one_port_share_what_each_is_told(served_work, tmp_path):
+    """`tailor serve --workers 2`: an event posted to whichever worker answers reaches a
+    request on the other within a second (each follows the shared live log)."""
+    settings = tiny_settings(served_work)
+    items = load_clean(settings).items[C.ITEM_ID].to_list()
+    port = _free_port()
+    config = _config(
+        served_work,
+        tmp_path / "t.toml",
+        write_keys=[KEY],
+        port=port,
+        live_url=f"sqlite:///{tmp_path / 'live.db'}",
+        workers=2,
+    )
+    proc = _serve(config, served_work, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        late = 0
+        for n in range(20):
+            user = f"worker-user-{n}"
+            # A new connection per request: the kernel spreads them over the workers.
+            event = {"user_id": user, "item_id": items[n % len(items)], "kind": "view"}
+            r = httpx.post(f"{base}/events", json={"events": [event]}, headers=AUTH)
+            assert r.status_code == 200
+            deadline = time.monotonic() + 1.0
+            while True:
+                body = {"user_id": user, "k": 3}
+                basis = [
+                    httpx.post(f"{base}/recommend", json=body, headers=AUTH).json()["basis"]
+                    for _ in range(4)
+                ]
+                if all(b == ["history"] for b in basis):
+                    break
+                late += 1
+                assert time.monotonic() < deadline, f"{user}: {basis}"
+                time.sleep(0.05)
+        print(f"\nfault: 2 workers, 20 users: every event seen by both within 1 s ({late} retries)")
+    finally:
+        _kill(proc)
+
+
+def test_connections_beyond_the_limit_get_503_at_once(served_work, tmp_path):
+    """`serve.max_concurrency`: a flood of connections is turned away, not queued without end."""
+    import socket
+
+    port = _free_port()
+    config = _config(served_work, tmp_path / "t.toml", port=port, max_concurrency=3)
+    proc = _serve(config, served_work, port)
+    held = []
+    try:
+        # Two idle keep-alive connections, and a third one is at the limit (uvicorn counts
+        # the connection asking too).
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" in s.recv(4096)
+            held.append(s)
+        began = time.monotonic()
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert r.status_code == 503 and time.monotonic() - began < 2
+        for s in held:
+            s.close()
+        held.clear()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        for s in held:
+            s.close()
+        _kill(proc)

@@ -24,13 +24,17 @@ def _indexes(url: str, table: str) -> set[str]:
         engine.dispose()
 
 
-def _old_file(url: str, metadata, drop_index: str | None = None, rows: list[str] = ()) -> None:
+def _old_file(
+    url: str, metadata, drop_index: str | None = None, rows: list[str] = (), drop=()
+) -> None:
     """A database as an earlier tailor left it: its tables, no version row."""
     engine = create_engine(url)
     metadata.create_all(engine)
     with engine.begin() as conn:
         if drop_index:
             conn.execute(text(f"DROP INDEX {drop_index}"))
+        for table, column in drop:  # columns added since
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         for statement in rows:
             conn.execute(text(statement))
     engine.dispose()
@@ -42,6 +46,7 @@ def test_a_live_log_made_before_versions_keeps_its_events_and_gains_the_index(tm
         url,
         livelog._METADATA,
         drop_index="live_events_by_user",
+        drop=[("live_events", "origin"), ("live_items", "origin")],
         rows=[
             "INSERT INTO live_events (user_id, item_id, kind, weight, timestamp) "
             "VALUES ('u1', 'i1', 'view', 1.0, '2026-12-01 10:00:00.000000')"
@@ -54,6 +59,10 @@ def test_a_live_log_made_before_versions_keeps_its_events_and_gains_the_index(tm
     assert [i for i, _ in log.events_of("u1")] == ["i1", "i2"]
     log.dispose()
     assert "live_events_by_user" in _indexes(url, "live_events")
+    engine = create_engine(url)
+    for table in ("live_events", "live_items"):
+        assert "origin" in {c["name"] for c in inspect(engine).get_columns(table)}
+    engine.dispose()
     engine = create_engine(url)
     assert version_of(engine, "live log") == livelog.MIGRATIONS[-1].version
     engine.dispose()

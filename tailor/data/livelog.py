@@ -30,8 +30,11 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -45,6 +48,7 @@ __all__ = ["EVENT_KINDS", "LiveEvent", "LiveItem", "LiveLog", "LiveLogError"]
 
 EVENT_KINDS = ("view", "click", "rating")
 KIND = "kind"
+ORIGIN = "origin"
 
 _METADATA = MetaData()
 
@@ -55,6 +59,7 @@ _ITEMS = Table(
     Column(C.TEXT, Text, nullable=False),
     Column(C.LABEL, Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column(ORIGIN, String(64), nullable=True),  # the process that wrote the latest text
 )
 
 _EVENTS = Table(
@@ -66,9 +71,18 @@ _EVENTS = Table(
     Column(KIND, String(16), nullable=False),
     Column(C.WEIGHT, Float, nullable=False),
     Column(C.TIMESTAMP, DateTime(timezone=True), nullable=False),
+    # Which service process wrote the event: replicas sharing the log follow each other's.
+    Column(ORIGIN, String(64), nullable=True),
 )
 # One user's events are read back when a user evicted from memory returns.
 _BY_USER = Index("live_events_by_user", _EVENTS.c[C.USER_ID])
+
+
+def _add_origin(conn) -> None:
+    for table in (_ITEMS.name, _EVENTS.name):
+        if ORIGIN not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {ORIGIN} VARCHAR(64)"))
+
 
 # The live log's schema versions (`tailor.data.schema`): 1 is the layout first shipped.
 MIGRATIONS = [
@@ -78,6 +92,7 @@ MIGRATIONS = [
         "the index of events by user (restoring an evicted user read the whole table)",
         lambda conn: _BY_USER.create(conn, checkfirst=True),
     ),
+    Migration(3, "origin: the process that wrote an event or an item's text", _add_origin),
 ]
 
 
@@ -120,13 +135,20 @@ class LiveLog:
         database = self._url.database or ""
         return database in ("", ":memory:") or Path(database).expanduser().is_file()
 
-    def upsert_items(self, items: Sequence[LiveItem]) -> None:
-        """Insert new items and replace the text and label of known ones, all or nothing."""
+    def upsert_items(self, items: Sequence[LiveItem], origin: str | None = None) -> None:
+        """Insert new items and replace the text and label of known ones, all or nothing;
+        `origin` as for `append_events`."""
         if not items:
             return
         now = datetime.now(UTC)
         rows = [
-            {C.ITEM_ID: i.item_id, C.TEXT: i.text, C.LABEL: i.label, "updated_at": now}
+            {
+                C.ITEM_ID: i.item_id,
+                C.TEXT: i.text,
+                C.LABEL: i.label,
+                "updated_at": now,
+                ORIGIN: origin,
+            }
             for i in items
         ]
         engine = self._get_engine()
@@ -140,13 +162,16 @@ class LiveLog:
                     C.TEXT: stmt.excluded[C.TEXT],
                     C.LABEL: stmt.excluded[C.LABEL],
                     "updated_at": stmt.excluded["updated_at"],
+                    ORIGIN: stmt.excluded[ORIGIN],
                 },
             )
         with self._errors("write items"), engine.begin() as conn:
             conn.execute(self._upsert, rows)
 
-    def append_events(self, events: Sequence[LiveEvent]) -> None:
-        """Append events in one transaction: all are durable when this returns, or none."""
+    def append_events(self, events: Sequence[LiveEvent], origin: str | None = None) -> None:
+        """Append events in one transaction: all are durable when this returns, or none.
+        `origin` names the writing process, so that other processes following the log
+        (`events_after`) apply them and it does not apply its own twice."""
         if not events:
             return
         rows = [
@@ -156,6 +181,7 @@ class LiveLog:
                 KIND: e.kind,
                 C.WEIGHT: float(e.weight),
                 C.TIMESTAMP: e.timestamp,
+                ORIGIN: origin,
             }
             for e in events
         ]
@@ -210,6 +236,48 @@ class LiveLog:
         )
         with self._errors("read a user's events"), self._get_engine().connect() as conn:
             return [(item, float(weight)) for item, weight in conn.execute(stmt)]
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 for an empty or absent log): where following starts."""
+        if not self.exists():
+            return 0
+        with self._errors("read the newest event"), self._get_engine().connect() as conn:
+            return int(conn.execute(select(func.max(_EVENTS.c.event_id))).scalar() or 0)
+
+    def events_after(
+        self, event_id: int, skip_origin: str | None = None, limit: int = 10_000
+    ) -> list[tuple[int, str, str, float]]:
+        """(event_id, user_id, item_id, weight) of events after `event_id`, oldest first, but
+        those written by `skip_origin` (the caller's own, applied when it wrote them)."""
+        if not self.exists():
+            return []
+        e = _EVENTS.c
+        stmt = select(e.event_id, e[C.USER_ID], e[C.ITEM_ID], e[C.WEIGHT]).where(
+            e.event_id > event_id
+        )
+        if skip_origin is not None:
+            stmt = stmt.where((e[ORIGIN].is_(None)) | (e[ORIGIN] != skip_origin))
+        stmt = stmt.order_by(e.event_id).limit(limit)
+        with self._errors("follow events"), self._get_engine().connect() as conn:
+            return [(int(i), u, it, float(w)) for i, u, it, w in conn.execute(stmt)]
+
+    def items_since(
+        self, when: datetime, skip_origin: str | None = None
+    ) -> list[tuple[LiveItem, datetime]]:
+        """Items inserted or changed at or after `when`, with their time, oldest first, but
+        those whose latest text `skip_origin` wrote."""
+        if not self.exists():
+            return []
+        i = _ITEMS.c
+        stmt = select(i[C.ITEM_ID], i[C.TEXT], i[C.LABEL], i.updated_at).where(i.updated_at >= when)
+        if skip_origin is not None:
+            stmt = stmt.where((i[ORIGIN].is_(None)) | (i[ORIGIN] != skip_origin))
+        stmt = stmt.order_by(i.updated_at)
+        with self._errors("follow items"), self._get_engine().connect() as conn:
+            return [
+                (LiveItem(i, t, lab), at if at.tzinfo else at.replace(tzinfo=UTC))
+                for i, t, lab, at in conn.execute(stmt)
+            ]
 
     def dispose(self) -> None:
         with self._lock:

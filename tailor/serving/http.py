@@ -57,6 +57,8 @@ from tailor.serving.service import (
     Service,
     StoreBusyError,
     UnknownItemsError,
+    collect_if_alive,
+    limit_malloc_arenas,
     settle_heap,
 )
 from tailor.serving.store import StoreError
@@ -417,6 +419,10 @@ def _profile_of(profile: BaseModel | None) -> dict[str, str] | None:
     return given or None
 
 
+# Seconds after a swap to check that the retired model is gone (requests on it have ended).
+RETIRED_CHECK_SECONDS = 5.0
+
+
 def check_exposure(settings: Settings) -> str:
     """How reads are guarded, for the start-up log; refuses a service that would answer
     reads (viewing history, lists) to anyone who can reach a non-loopback port."""
@@ -435,9 +441,35 @@ def check_exposure(settings: Settings) -> str:
     )
 
 
+def app_from_environment() -> FastAPI:
+    """The app of one worker of `tailor serve --workers N`: uvicorn starts each worker by
+    importing this; the settings are resolved again from what the command was given (paths
+    and a preset in `TAILOR_SERVE_ARGS`; keys come from the environment or the config file
+    as for any run, never through this variable)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from tailor.settings import load_settings
+
+    given = json.loads(os.environ["TAILOR_SERVE_ARGS"])
+    overrides: dict[str, Any] = {}
+    if given.get("workdir"):
+        overrides["workdir"] = Path(given["workdir"])
+    settings = load_settings(
+        Path(given["config"]) if given.get("config") else None,
+        preset=given.get("preset"),
+        **overrides,
+    )
+    serve = {**settings.serve.model_dump(), **given.get("serve", {})}
+    settings = settings.model_copy(update={"serve": settings.serve.model_validate(serve)})
+    return create_app(settings)
+
+
 def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
     """The service app; loading starts in the background when the app starts."""
     exposure = check_exposure(settings)
+    limit_malloc_arenas()
     service = Service(settings, model_version)
     schemas = _schemas(settings)
     RecommendRequest = schemas["RecommendRequest"]
@@ -475,8 +507,13 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             snapshot = service.state.snapshot()
             model, texts, queries = await run_in_threadpool(service.build, version, snapshot)
             service.swap(model, texts, queries)
-            del model  # the old one must be collectable by the settling below
+            del model
             settle_heap()
+            # Requests still running on the old model hold it for a moment; once they are
+            # done it is gone, or a full collection (one pause, only then) frees it.
+            loop = asyncio.get_running_loop()
+            for retired in service.retired_models():
+                loop.call_later(RETIRED_CHECK_SECONDS, collect_if_alive, retired)
             return True
 
     async def write_items(batch: list[tuple[list[LiveItem], Any]]) -> list:
@@ -487,7 +524,7 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
         if admitted:
             rows = [item for items, _ in admitted for item in items]
             with service.metrics.livelog_commit.time():
-                await run_in_threadpool(service.live_log.upsert_items, rows)
+                await run_in_threadpool(service.live_log.upsert_items, rows, service.origin)
         applied = iter(service.apply_items(admitted))
         return [no if no is not None else next(applied) for no in refused]
 
@@ -503,17 +540,29 @@ def create_app(settings: Settings, model_version: str | None = None) -> FastAPI:
             except Exception:
                 log.warning("checking for a new champion failed", exc_info=True)
 
+    async def follow() -> None:
+        every = settings.serve.follow_seconds
+        while every > 0:
+            await asyncio.sleep(every)
+            if service.model is None:
+                continue
+            try:
+                await service.follow_log()
+            except Exception:
+                log.warning("following the live log failed", exc_info=True)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests search faiss and run the user encoder on this thread (the event loop's), and
         # OpenMP's thread count is per thread: set here, not only where the model loads.
         service.use_serving_threads()
         log.info("tailor serve: %s", exposure)
-        task = asyncio.create_task(poll())
+        tasks = [asyncio.create_task(poll()), asyncio.create_task(follow())]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             service.close()
 
     app = FastAPI(

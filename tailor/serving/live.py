@@ -186,7 +186,8 @@ class LiveModel:
             return
         rows, histories = [], []
         for row, user in enumerate(state.profile_users):
-            known, _ = self.positions(state.histories.get(user, []))
+            # A copy taken at once: the build runs in a worker thread while the loop appends.
+            known, _ = self.positions(list(state.histories.get(user, ())))
             if known:
                 rows.append(row)
                 histories.append(known)

@@ -12,11 +12,12 @@ import gc
 import logging
 import math
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -26,7 +27,12 @@ from tailor import columns as C
 from tailor.data.livelog import LiveEvent, LiveItem, LiveLog
 from tailor.models.encoder import encoder_id
 from tailor.models.index import set_search_threads
-from tailor.serving.encoder import TextVectors, check_encoder, has_text_space
+from tailor.serving.encoder import (
+    NoTextSpaceError,
+    TextVectors,
+    check_encoder,
+    has_text_space,
+)
 from tailor.serving.live import LiveModel, build_live_model
 from tailor.serving.metrics import ServiceMetrics
 from tailor.serving.recommend import LiveQuery, LiveResult, live_sequence, recommend
@@ -37,6 +43,10 @@ from tailor.tracking.registry import load_bundle, resolve_version
 from tailor.tracking.runs import client_for
 
 log = logging.getLogger(__name__)
+
+
+# How far back in time following the live log rereads items, for writers' clocks.
+FOLLOW_CLOCK_MARGIN = timedelta(seconds=5)
 
 
 class LiveItemsFullError(RuntimeError):
@@ -71,6 +81,9 @@ class UserLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def __contains__(self, user: str) -> bool:
+        return user in self._locks
+
     @asynccontextmanager
     async def hold(self, users: Iterable[str]) -> AsyncIterator[None]:
         entries = []
@@ -93,19 +106,66 @@ class UserLocks:
                     del self._locks[user]
 
 
-def settle_heap() -> None:
+def settle_heap(full: bool = False) -> None:
     """Move everything loaded so far out of the garbage collector's sight.
 
-    torch, transformers, MLflow and the data leave millions of long-lived objects; a full
-    collection that walks them all stalls the event loop for tens of milliseconds, which is
-    what a p99 sees, so after a load they are frozen (never scanned again). The collector
-    never frees a frozen object either: a model swapped out inside a reference cycle would
-    stay for the life of the process. So everything is unfrozen first and collected once per
-    load or swap (one such stall a swap), and what survives is frozen again.
+    torch, transformers, MLflow and the data leave hundreds of thousands of long-lived
+    objects; a full collection that walks them all stalls the event loop for a few hundred
+    milliseconds, which is what a p99 sees, so after a load they are frozen (never scanned
+    again) and a collection walks only what was made since. The collector never frees a frozen
+    object either: a swapped-out model is freed by reference counting (`LiveModel.retire`
+    breaks its cycles), and `full` (unfreeze, collect everything once, freeze again) is the
+    fallback for one that is still alive once the requests on it are done.
     """
-    gc.unfreeze()
+    if full:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
+    release_free_memory()
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return None  # not glibc: its allocator returns memory its own way
+    return libc
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """At most `arenas` glibc malloc arenas: each thread that allocates (a model built in a
+    worker thread, the encoder's thread) otherwise gets one of its own, and memory freed in one
+    cannot serve another, so a process that swaps models grows with every swap. Call it before
+    the threads start."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the system (glibc's malloc_trim): a retired
+    model's memory then leaves the resident size instead of waiting for reuse."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def collect_if_alive(retired: weakref.ref) -> bool:
+    """The fallback of `settle_heap`: a full collection when `retired` is still alive; returns
+    whether it is alive after it (then something still refers to it: a leak to report)."""
+    if retired() is None:
+        return False
+    settle_heap(full=True)
+    if retired() is not None:
+        log.warning("a swapped-out model is still referenced after a full collection")
+        return True
+    return False
 
 
 @dataclass
@@ -145,6 +205,11 @@ class Service:
         # Models swapped out, by weak reference: any still alive after the swap's collection
         # is a leak an operator sees on /metrics (tailor_retired_models_alive).
         self._retired: list[weakref.ref] = []
+        # This process's name in the live log, and how far it has followed what other
+        # processes sharing the log wrote (`follow_log`).
+        self.origin = uuid.uuid4().hex[:16]
+        self._followed_event = 0
+        self._followed_items = datetime.now(UTC)
 
     # ------------------------------------------------------------ loading (worker threads)
 
@@ -201,6 +266,10 @@ class Service:
         """First load: the version to serve, the state (data + live log), the live model."""
         self.use_serving_threads()
         started = time.perf_counter()
+        # Where following the log starts: read before the state, which holds the log's
+        # events up to at least here (an event landing in between may be applied twice).
+        self._followed_event = self.live_log.last_event_id()
+        self._followed_items = datetime.now(UTC)
         version = self.champion_version()
         t = self.settings.tracking
         bundle = load_bundle(self.settings.tracking_uri, t.model_name, version)
@@ -260,22 +329,29 @@ class Service:
             else:
                 vectors = texts.encode([text for _, text, _ in pending])
             model.upsert_items(pending, vectors)
-        model.build_profiles(self.state)
+        if model.profiles is None or texts is not self.texts:
+            # Built in the worker thread already, unless the profiles' encoder changed.
+            model.build_profiles(self.state)
         wanted = {item for item, _, _ in pending}
         self._inserted = {k: v for k, v in self._inserted.items() if k in wanted}
         retired = self.model
         self.model, self.texts, self.queries = model, texts, queries
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.metrics.model_loaded(model.version, swapped=True)
-        if retired is not None:
-            retired.retire()
-            self._retired = [r for r in self._retired if r() is not None]
-            self._retired.append(weakref.ref(retired))
         log.info(
             "now serving model version %s (was %s)",
             model.version,
             None if retired is None else retired.version,
         )
+        if retired is not None:
+            retired.retire()
+            self._retired = [r for r in self._retired if r() is not None]
+            self._retired.append(weakref.ref(retired))
+
+    def retired_models(self) -> list[weakref.ref]:
+        """Weak references to the models swapped out and not yet freed."""
+        self._retired = [r for r in self._retired if r() is not None]
+        return list(self._retired)
 
     # ------------------------------------------------------------ event loop, awaiting I/O
 
@@ -295,6 +371,45 @@ class Service:
             return
         async with self._restoring.hold(users):
             self.restore_users(await asyncio.to_thread(self.logged_history, user_id))
+
+    async def follow_log(self) -> int:
+        """Apply what other processes sharing the live log wrote since the last call (items
+        first, then events): replicas of one service see each other's writes. Returns the
+        events applied."""
+        assert self.model is not None and self.state is not None
+        # A margin for the writers' clocks (other machines); what was applied already is
+        # skipped by its text.
+        since = self._followed_items - FOLLOW_CLOCK_MARGIN
+        changed = await asyncio.to_thread(self.live_log.items_since, since, self.origin)
+        fresh = [
+            (item, at) for item, at in changed if self.model.text_of(item.item_id) != item.text
+        ]
+        if fresh and self.model.text_space and self.texts is not None:
+            items = [item for item, _ in fresh]
+            vectors = await asyncio.wrap_future(self.texts.submit([i.text for i in items]))
+            try:
+                [refused] = self.admit_items([items])
+                if refused is None:
+                    self.apply_items([(items, vectors)])
+                else:
+                    log.warning("items written by another process not added: %s", refused)
+            except NoTextSpaceError:
+                pass
+        if changed:
+            self._followed_items = max(self._followed_items, max(at for _, at in changed))
+        rows = await asyncio.to_thread(
+            self.live_log.events_after, self._followed_event, self.origin
+        )
+        applied = 0
+        for event_id, user, item, weight in rows:
+            self._followed_event = max(self._followed_event, event_id)
+            if user not in self.state.histories and (self.state.evicted or user in self._restoring):
+                continue  # rebuilt from the log, this event included, when the user returns
+            if item not in self.model.position:
+                continue
+            self.state.add_event(user, item, weight)
+            applied += 1
+        return applied
 
     def _maybe_evicted(self, users: Iterable[str]) -> list[str]:
         assert self.state is not None
@@ -376,7 +491,7 @@ class Service:
         [refused] = self.admit_items([items])
         if refused is not None:
             raise refused
-        self.live_log.upsert_items(items)
+        self.live_log.upsert_items(items, origin=self.origin)
         return self.apply_items([(items, vectors)])[0]
 
     def admit_items(
@@ -446,7 +561,7 @@ class Service:
         """Commit to the live log (worker thread); for users evicted from memory, their whole
         logged history (the new events included), to restore them with."""
         with self.metrics.livelog_commit.time():
-            self.live_log.append_events(events)
+            self.live_log.append_events(events, origin=self.origin)
         return self._evicted_histories({e.user_id for e in events})
 
     def logged_history(self, user_id: str) -> dict[str, list[tuple[str, float]]]:

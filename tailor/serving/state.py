@@ -145,11 +145,13 @@ class LiveState:
 
     def snapshot(self) -> LiveState:
         """What a worker thread building another model version reads while the event loop
-        keeps appending: the catalogue and the profiles. No history: copying every user's
-        would stall the loop for as long as there are users, and the swap (on the loop)
-        builds the profile pool from the live histories anyway."""
+        keeps appending: a copy of the catalogue, and the histories themselves, not copied
+        (copying every user's would stall the loop for as long as there are users). The
+        build reads only the profile users' lists, each copied whole by `list()`, which the
+        interpreter does at once, so a list the loop appends to or trims is never read torn;
+        the dict of users is never iterated there."""
         return LiveState(
-            histories={},
+            histories=self.histories,
             liked={},
             positive_threshold=self.positive_threshold,
             max_live_users=self.max_live_users,
